@@ -1,0 +1,3 @@
+from ptq3d.harness.cli import main
+
+raise SystemExit(main())
