@@ -1,0 +1,500 @@
+"""Evaluation protocols as data: which scenes, which frames, which resolution. A `Protocol` is frozen and hashed
+(sha256 of its canonical JSON); the hash goes into every result so that numbers from different protocols are
+never compared by accident (the PTQ papers use three different ones; notes/datasets_and_metrics.md section 3).
+
+Frame sampling (`sampling`):
+- "all": every frame, in the dataset's order (sorted ids).
+- "stride": every `stride`-th frame starting at the first (kf_every); with `stride_cap_half` the stride is
+  min(stride, n // 2) so that at least two frames remain (QuantVGGT's NRGBD loader).
+- "random": `frames_per_scene` distinct frames drawn with numpy's legacy RandomState.choice, kept in draw order.
+  seed_scope "protocol": one RandomState(seed) consumed scene after scene in protocol order, as VGGT's
+  test_co3d.py seeds numpy once (so a limited run draws the same frames for its first scenes);
+  "scene": a fresh RandomState per scene seeded from (seed, scene id).
+- "first": the first `frames_per_scene` frames.
+Then `max_frames` truncates. Frames the dataset marks invalid (e.g. NRGBD nan poses) are skipped with a warning
+only if their kind is in `skippable`; the count lands in the scene's meta ('num_skipped').
+
+Dataset options (`options`, sorted (key, value) pairs):
+- co3d: subset ('fewview_dev'), min_viewpoint_quality (0.5), max_translation_sum (None).
+- 7scenes: focal (525), depth_source ('auto' | 'proj' | 'raw').
+- eth3d: calibration ('dslr_calibration_jpg').
+- synthetic (no root): num_scenes, first_heldout_index (0) -> seeds heldout_seed(first + i) when scenes is "all";
+  num_frames, height, width; camera_config / scene_config as (field, value) pairs of CameraConfig / SceneConfig.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ptq3d.datasets.base import SceneSample
+from ptq3d.datasets.preprocess import MODES, Preprocess
+from ptq3d.errors import ConfigError, DataError, unknown_name_error
+
+DATASETS = ("co3d", "7scenes", "nrgbd", "eth3d", "synthetic")
+SAMPLINGS = ("all", "stride", "random", "first")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A versioned evaluation protocol. `scenes` is a tuple of scene ids or "all" (CO3D: categories or
+    'category/sequence'; 7-Scenes: 'scene/seq-XX'; NRGBD, ETH3D: scene folders; synthetic: 'seed-<n>').
+    `options` holds dataset-specific settings as sorted (key, value) pairs (see `option`)."""
+
+    name: str
+    version: int
+    dataset: str
+    scenes: tuple[str, ...] | str = "all"
+    split: str = "test"
+    sampling: str = "all"
+    stride: int = 1
+    frames_per_scene: int | None = None
+    seed: int = 0
+    seed_scope: str = "protocol"
+    max_frames: int | None = None
+    stride_cap_half: bool = False
+    min_scene_frames: int = 0
+    max_scenes: int | None = None
+    max_scenes_per_group: int | None = None
+    resolution: int = 518
+    patch_size: int = 14
+    preprocessing: str = "crop"
+    skippable: tuple[str, ...] = ()
+    options: tuple[tuple[str, Any], ...] = ()
+    description: str = ""
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise unknown_name_error("dataset", self.dataset, DATASETS)
+        if self.sampling not in SAMPLINGS:
+            raise ConfigError(
+                f"protocol '{self.name}': sampling '{self.sampling}' is not one of {', '.join(SAMPLINGS)}"
+            )
+        if self.preprocessing not in MODES:
+            raise ConfigError(
+                f"protocol '{self.name}': preprocessing '{self.preprocessing}' is not one of {MODES}"
+            )
+        if self.seed_scope not in ("protocol", "scene"):
+            raise ConfigError(f"protocol '{self.name}': seed_scope must be 'protocol' or 'scene'")
+        if self.sampling in ("random", "first") and not self.frames_per_scene:
+            raise ConfigError(f"protocol '{self.name}': sampling '{self.sampling}' needs frames_per_scene")
+        if self.stride < 1:
+            raise ConfigError(f"protocol '{self.name}': stride must be >= 1, got {self.stride}")
+        if isinstance(self.scenes, list):
+            object.__setattr__(self, "scenes", tuple(self.scenes))
+        if isinstance(self.scenes, str) and self.scenes != "all":
+            raise ConfigError(f"protocol '{self.name}': scenes must be a list of scene ids or 'all'")
+        object.__setattr__(self, "skippable", tuple(self.skippable))
+        object.__setattr__(self, "options", tuple(sorted((str(k), v) for k, v in dict(self.options).items())))
+        Preprocess(self.preprocessing, self.resolution, self.patch_size)  # validates size vs patch
+
+    def option(self, key: str, default: Any = None) -> Any:
+        return dict(self.options).get(key, default)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(self.canonical_json())
+
+    def canonical_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+    @property
+    def hash(self) -> str:
+        """sha256 (hex) of the canonical JSON of every field."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess(self.preprocessing, self.resolution, self.patch_size)
+
+    def with_limit(self, max_scenes: int | None) -> Protocol:
+        """The same protocol restricted to its first `max_scenes` scenes (a different hash: it is a different run)."""
+        return dataclasses.replace(self, max_scenes=max_scenes)
+
+
+# ---------------------------------------------------------------------------------------------- registry
+_REGISTRY: dict[str, Protocol] = {}
+
+
+def register_protocol(protocol: Protocol, overwrite: bool = False) -> Protocol:
+    """Add a protocol; re-registering the same name with different content needs overwrite=True."""
+    old = _REGISTRY.get(protocol.name)
+    if old is not None and old.hash != protocol.hash and not overwrite:
+        raise ConfigError(
+            f"protocol '{protocol.name}' is already registered with different settings; give the new one "
+            f"another name or a new version and pass overwrite=True"
+        )
+    _REGISTRY[protocol.name] = protocol
+    return protocol
+
+
+def get_protocol(name: str) -> Protocol:
+    if name not in _REGISTRY:
+        raise unknown_name_error("protocol", name, _REGISTRY)
+    return _REGISTRY[name]
+
+
+def list_protocols() -> list[Protocol]:
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+def _scene_rng(protocol: Protocol, scene: str, shared: np.random.RandomState) -> np.random.RandomState:
+    if protocol.seed_scope == "protocol":
+        return shared
+    return np.random.RandomState((protocol.seed * 1_000_003 + zlib.crc32(scene.encode())) % 2**32)
+
+
+def sample_frames(protocol: Protocol, frame_ids: list, rng: np.random.RandomState) -> list:
+    """Apply the protocol's frame sampling to one scene's ordered frame ids."""
+    n = len(frame_ids)
+    if protocol.sampling == "all":
+        out = list(frame_ids)
+    elif protocol.sampling == "stride":
+        s = max(1, min(protocol.stride, n // 2)) if protocol.stride_cap_half else protocol.stride
+        out = list(frame_ids[::s])
+    elif protocol.sampling == "first":
+        out = list(frame_ids[: protocol.frames_per_scene])
+    else:
+        k = protocol.frames_per_scene
+        idx = rng.choice(n, k, replace=False) if n >= k else rng.permutation(n)
+        out = [frame_ids[i] for i in idx]
+    return out[: protocol.max_frames] if protocol.max_frames else out
+
+
+# ---------------------------------------------------------------------------------------------- scenes
+def _require_root(protocol: Protocol, root) -> Path:
+    if root is None:
+        raise ConfigError(
+            f"protocol '{protocol.name}' reads dataset '{protocol.dataset}' and needs a data root"
+        )
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: {protocol.dataset} root folder not found")
+    return root
+
+
+def list_protocol_scenes(protocol: Protocol, root: str | Path | None = None) -> list[tuple[str, list]]:
+    """[(scene id, all frame ids of that scene in order)] the protocol evaluates, before frame sampling and
+    before `max_scenes`. Scenes failing the protocol's scene filters (CO3D quality, min_scene_frames) are left out."""
+    ds = protocol.dataset
+    out: list[tuple[str, list]] = []
+    if ds == "synthetic":
+        from ptq3d.datasets.synthetic import heldout_seed
+
+        n = int(protocol.option("num_frames", 8))
+        if protocol.scenes == "all":
+            first = int(protocol.option("first_heldout_index", 0))
+            seeds = [heldout_seed(first + i) for i in range(int(protocol.option("num_scenes", 1)))]
+            scenes = [f"seed-{s}" for s in seeds]
+        else:
+            scenes = list(protocol.scenes)
+        return [(s, list(range(n))) for s in scenes]
+    root = _require_root(protocol, root)
+    if ds == "co3d":
+        from ptq3d.datasets import co3d
+
+        cats = co3d.list_categories(root) if protocol.scenes == "all" else list(protocol.scenes)
+        for entry in cats:
+            cat, _, only = entry.partition("/")
+            index = co3d.Co3dCategory(root, cat)
+            seqs = index.select_sequences(
+                subset=protocol.option("subset", "fewview_dev"),
+                split=protocol.split,
+                min_viewpoint_quality=protocol.option("min_viewpoint_quality", 0.5),
+                min_frames=protocol.min_scene_frames,
+                max_translation_sum=protocol.option("max_translation_sum"),
+            )
+            names = [only] if only else list(seqs)
+            if only and only not in seqs:
+                raise DataError(
+                    f"{root / cat}: sequence '{only}' is not in split '{protocol.split}' or fails the filters"
+                )
+            if protocol.max_scenes_per_group:
+                names = sorted(names)[: protocol.max_scenes_per_group]
+            out += [(f"{cat}/{s}", sorted(seqs[s])) for s in names]
+        return out
+    if ds == "7scenes":
+        from ptq3d.datasets import sevenscenes
+
+        ids = (
+            sevenscenes.list_sequences(root, protocol.split)
+            if protocol.scenes == "all"
+            else list(protocol.scenes)
+        )
+        for sid in ids:
+            out.append((sid, sevenscenes.list_frames(root / sid)))
+    elif ds == "nrgbd":
+        from ptq3d.datasets import nrgbd
+
+        ids = nrgbd.list_scenes(root) if protocol.scenes == "all" else list(protocol.scenes)
+        for sid in ids:
+            if not (root / sid).is_dir():
+                raise DataError(f"{root / sid}: NRGBD scene folder not found")
+            out.append((sid, nrgbd.list_frames(root / sid)))
+    else:  # eth3d
+        from ptq3d.datasets import eth3d
+        from ptq3d.datasets.colmap import read_images_txt
+
+        cal = protocol.option("calibration", eth3d.CALIBRATION)
+        ids = eth3d.list_scenes(root, cal) if protocol.scenes == "all" else list(protocol.scenes)
+        for sid in ids:
+            names = sorted(im.name for im in read_images_txt(root / sid / cal / "images.txt").values())
+            out.append((sid, names))
+    return [(s, f) for s, f in out if len(f) >= protocol.min_scene_frames]
+
+
+def _config(cls, pairs):
+    """A generator config from a protocol option: sorted (field, value) pairs (lists become tuples), or None."""
+    if not pairs:
+        return cls()
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(pairs).items()}
+    try:
+        return cls(**fields)
+    except TypeError as exc:
+        raise ConfigError(f"bad {cls.__name__} in protocol options: {exc}") from None
+
+
+def _load_one(protocol: Protocol, root, scene: str, frame_ids: list) -> SceneSample:
+    pre = protocol.preprocess
+    ds = protocol.dataset
+    if ds == "synthetic":
+        from ptq3d.datasets.frames import Frame, assemble_scene
+        from ptq3d.datasets.synthetic import CameraConfig, SceneConfig, generate_scene
+
+        if not scene.startswith("seed-"):
+            raise ConfigError(f"synthetic scene id '{scene}' is not 'seed-<n>'")
+        full = generate_scene(
+            int(scene[5:]),
+            num_frames=int(protocol.option("num_frames", 8)),
+            height=int(protocol.option("height", 112)),
+            width=int(protocol.option("width", 112)),
+            camera=_config(CameraConfig, protocol.option("camera_config")),
+            scene=_config(SceneConfig, protocol.option("scene_config")),
+        )
+        frames = [
+            Frame(
+                full.meta["frame_ids"][i],
+                np.clip(np.rint(full.images[i].permute(1, 2, 0).numpy() * 255), 0, 255).astype(np.uint8),
+                full.depth[i].numpy(),
+                full.valid_mask[i].numpy(),
+                full.intrinsics[i].double().numpy(),
+                full.extrinsics[i].double().numpy(),
+            )
+            for i in frame_ids
+        ]
+        meta = {k: v for k, v in full.meta.items() if k not in ("frame_ids", "foreground")}
+        sample = assemble_scene(frames, meta, pre)
+        if pre.mode == "none" and sample.image_size == full.image_size:
+            sample.points = full.points[
+                list(frame_ids)
+            ].clone()  # exact hit points rather than unprojected depth
+        return sample
+    if ds == "co3d":
+        from ptq3d.datasets import co3d
+
+        cat, seq = scene.split("/", 1)
+        return co3d.load_co3d_sequence(root, cat, seq, frame_ids, pre)
+    if ds == "7scenes":
+        from ptq3d.datasets import sevenscenes
+
+        sc, seq = scene.split("/", 1)
+        return sevenscenes.load_7scenes_sequence(
+            root, sc, seq, frame_ids, pre, focal=float(protocol.option("focal", sevenscenes.FOCAL)),
+            depth_source=protocol.option("depth_source", "auto"), skippable=protocol.skippable,
+        )  # fmt: skip
+    if ds == "nrgbd":
+        from ptq3d.datasets import nrgbd
+
+        return nrgbd.load_nrgbd_scene(root, scene, frame_ids, pre, skippable=protocol.skippable)
+    from ptq3d.datasets import eth3d
+
+    return eth3d.load_eth3d_scene(
+        root, scene, frame_ids, pre, calibration=protocol.option("calibration", eth3d.CALIBRATION)
+    )
+
+
+def iter_protocol_scenes(
+    protocol: Protocol, root: str | Path | None = None, limit: int | None = None
+) -> Iterator[SceneSample]:
+    """Yield the protocol's scenes one at a time (see `load_protocol_scenes`)."""
+    if limit is not None:
+        protocol = protocol.with_limit(limit)
+    scenes = list_protocol_scenes(protocol, root)
+    if protocol.max_scenes is not None:
+        scenes = scenes[: protocol.max_scenes]
+    if not scenes:
+        raise DataError(f"protocol '{protocol.name}': no scenes found under {root}")
+    shared = np.random.RandomState(protocol.seed)
+    for scene, frames in scenes:
+        picked = sample_frames(protocol, frames, _scene_rng(protocol, scene, shared))
+        sample = _load_one(protocol, root, scene, picked)
+        sample.meta.update(
+            protocol=protocol.name,
+            protocol_version=protocol.version,
+            protocol_hash=protocol.hash,
+            num_skipped=sample.meta.get("num_skipped", 0),
+        )
+        yield sample
+
+
+def load_protocol_scenes(
+    protocol: Protocol | str, root: str | Path | None = None, limit: int | None = None
+) -> list[SceneSample]:
+    """All scenes of a protocol (name or Protocol) as SceneSamples at the protocol's resolution. `limit` keeps the
+    first `limit` scenes (recorded: the meta's protocol_hash is that of `protocol.with_limit(limit)`). Per-scene
+    meta: dataset, scene, frame_ids, protocol, protocol_version, protocol_hash, num_skipped, skipped_frames."""
+    if isinstance(protocol, str):
+        protocol = get_protocol(protocol)
+    return list(iter_protocol_scenes(protocol, root, limit))
+
+
+def select_frames(sample: SceneSample, idx: list[int]) -> SceneSample:
+    """A SceneSample restricted to views `idx` (meta copied, frame_ids subset)."""
+    i = torch.as_tensor(idx, dtype=torch.long)
+    meta = dict(sample.meta)
+    if "frame_ids" in meta:
+        meta["frame_ids"] = [meta["frame_ids"][k] for k in idx]
+    return SceneSample(
+        sample.images[i], sample.depth[i], sample.valid_mask[i], sample.intrinsics[i], sample.extrinsics[i],
+        None if sample.points is None else sample.points[i], meta,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- published
+def _published() -> list[Protocol]:
+    from ptq3d.datasets.co3d import SEEN_CATEGORIES
+    from ptq3d.datasets.eth3d import SCENES as ETH3D_SCENES
+    from ptq3d.datasets.nrgbd import SCENES as NRGBD_SCENES
+    from ptq3d.datasets.sevenscenes import TEST_SEQUENCES
+
+    seven = tuple(f"{s}/{q}" for s, qs in TEST_SEQUENCES.items() for q in qs)
+    co3d_common = dict(
+        version=1, dataset="co3d", scenes=SEEN_CATEGORIES, split="test", sampling="random", frames_per_scene=10,
+        seed=0, seed_scope="protocol", min_scene_frames=50, resolution=518, preprocessing="crop",
+        options=(("subset", "fewview_dev"), ("min_viewpoint_quality", 0.5), ("max_translation_sum", 1e5)),
+    )  # fmt: skip
+    seven_common = dict(version=1, dataset="7scenes", scenes=seven, split="test", sampling="stride",
+                        resolution=518, preprocessing="crop", options=(("depth_source", "auto"),))  # fmt: skip
+    nrgbd_common = dict(version=1, dataset="nrgbd", scenes=NRGBD_SCENES, sampling="stride", resolution=518,
+                        preprocessing="crop", skippable=("nan_pose",))  # fmt: skip
+    return [
+        Protocol(
+            name="vggt-co3d",
+            **co3d_common,
+            description="CO3D v2 camera pose, 41 seen categories, fewview_dev test sequences with viewpoint quality "
+            "> 0.5, >= 50 frames, no |T| sum > 1e5; 10 random frames per sequence (numpy seed 0, drawn in order); "
+            "crop @518",
+            source="facebookresearch/vggt evaluation/test_co3d.py, preprocess_co3d.py; QuantVGGT run_co3d.py",
+        ),  # fmt: skip
+        Protocol(
+            name="quantvggt-co3d-fast",
+            **{**co3d_common, "max_scenes_per_group": 20},
+            description="as vggt-co3d with --fast_eval: the first 20 sorted sequences of each category",
+            source="wlfeng0509/QuantVGGT evaluation/run_co3d.py --fast_eval",
+        ),  # fmt: skip
+        Protocol(
+            name="quantvggt-7scenes",
+            stride=100,
+            **seven_common,
+            description="7-Scenes 18 test sequences, every 100th frame, crop @518 (518x392)",
+            source="wlfeng0509/QuantVGGT evaluation/run_7andN.py (kf 100)",
+        ),  # fmt: skip
+        Protocol(
+            name="pi3-7scenes-sparse",
+            stride=200,
+            **seven_common,
+            description="7-Scenes 18 test sequences, every 200th frame (CUT3R sparse setting), width 518",
+            source="yyfz/Pi3 evaluation configs (7scenes sparse); FGQ, TAPTQ",
+        ),  # fmt: skip
+        Protocol(
+            name="pi3-7scenes-dense",
+            stride=40,
+            **seven_common,
+            description="7-Scenes 18 test sequences, every 40th frame (Pi3 dense setting), width 518",
+            source="yyfz/Pi3 evaluation configs (7scenes dense); TAPTQ TMM",
+        ),  # fmt: skip
+        Protocol(
+            name="quantvggt-nrgbd",
+            stride=100,
+            stride_cap_half=True,
+            **nrgbd_common,
+            description="NRGBD 9 scenes, stride min(100, n/2), crop @518; nan-pose frames skipped",
+            source="wlfeng0509/QuantVGGT evaluation/run_7andN.py",
+        ),  # fmt: skip
+        Protocol(
+            name="pi3-nrgbd-sparse",
+            stride=500,
+            **nrgbd_common,
+            description="NRGBD 9 scenes, every 500th frame (CUT3R sparse), width 518; nan-pose frames skipped",
+            source="yyfz/Pi3 evaluation configs (nrgbd sparse)",
+        ),  # fmt: skip
+        Protocol(
+            name="pi3-nrgbd-dense",
+            stride=100,
+            **nrgbd_common,
+            description="NRGBD 9 scenes, every 100th frame (Pi3 dense), width 518; nan-pose frames skipped",
+            source="yyfz/Pi3 evaluation configs (nrgbd dense)",
+        ),  # fmt: skip
+        Protocol(
+            name="pi3-eth3d",
+            version=1,
+            dataset="eth3d",
+            scenes=ETH3D_SCENES,
+            sampling="stride",
+            stride=5,
+            resolution=518,
+            preprocessing="crop",
+            options=(("calibration", "dslr_calibration_jpg"),),
+            description="ETH3D high-res 13 training scenes, every 5th image sorted by name, width 518 "
+            "(518x350), distorted cameras resampled to their pinhole K",
+            source="yyfz/Pi3 evaluation datasets/eth3d.py, prepare_eth3d.py; FGQ, TAPTQ (kf 5)",
+        ),  # fmt: skip
+        Protocol(
+            name="synthetic-smoke",
+            version=1,
+            dataset="synthetic",
+            sampling="all",
+            resolution=56,
+            preprocessing="crop",
+            options=(("num_scenes", 2), ("num_frames", 4), ("height", 56), ("width", 56)),
+            description="2 held-out synthetic scenes of 4 views at 56x56 (no data root needed)",
+            source="ptq3d.datasets.synthetic",
+        ),  # fmt: skip
+        Protocol(
+            name="synthetic-heldout",
+            version=1,
+            dataset="synthetic",
+            sampling="all",
+            resolution=224,
+            preprocessing="crop",
+            options=(("num_scenes", 16), ("num_frames", 8), ("height", 168), ("width", 224)),
+            description="16 held-out synthetic scenes (seeds 1e9 + i, never used for training), 8 views at "
+            "224x168",
+            source="ptq3d.datasets.synthetic",
+        ),  # fmt: skip
+        Protocol(
+            name="synthetic-heldout-518",
+            version=1,
+            dataset="synthetic",
+            sampling="all",
+            resolution=518,
+            preprocessing="crop",
+            options=(("num_scenes", 8), ("num_frames", 8), ("height", 392), ("width", 518)),
+            description="8 held-out synthetic scenes, 8 views at VGGT's 518x392",
+            source="ptq3d.datasets.synthetic",
+        ),  # fmt: skip
+    ]
+
+
+for _p in _published():
+    register_protocol(_p)
