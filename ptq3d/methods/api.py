@@ -1,0 +1,299 @@
+"""Public entry points: quantize_model, QuantizedModel, save_quantized, load_quantized.
+
+On-disk format of a quantized model (a directory):
+- model.safetensors: the full state_dict of the quantized nn.Module (QuantLinear codes int8, qparams,
+  transforms' buffers, every FP parameter, including norms changed by SmoothQuant folding);
+- manifest.json: format tag, model name, method, scheme, config, scope, calibration description and hash,
+  the coverage manifest (per quantized site: block, kind, bits, granularity, transform, and the layer
+  config needed to rebuild it; the linears left FP; what else stays FP), the calibration statistics and
+  the SHA-256 of model.safetensors.
+load_quantized rebuilds the model (ptq3d.models.load_model(name) unless one is given), swaps in empty
+QuantLinears from the manifest and loads the state strictly, so the result is bit-identical.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ptq3d.errors import CheckpointError, ConfigError, UserError
+from ptq3d.methods.calibration import CalibrationSet
+from ptq3d.methods.context import QuantContext, replace_module
+from ptq3d.methods.qlinear import QuantLinear, set_backend
+from ptq3d.methods.quant import QuantSpec, Scheme, get_scheme
+from ptq3d.methods.registry import get_method
+from ptq3d.methods.stats import CalibrationStats, PeakMemory
+from ptq3d.models.base import GeometryModel
+
+FORMAT = "ptq3d.quantized/1"
+STATE_FILE = "model.safetensors"
+MANIFEST_FILE = "manifest.json"
+FP_SCHEME = Scheme("fp", QuantSpec(16, "tensor"), None)
+ALWAYS_FP = (
+    "attention matmuls (QK^T, softmax, AV), LayerNorm / QK-norm, RoPE, LayerScale, residual adds, GELU, "
+    "the patch-embedding conv, and every linear listed in fp_linears"
+)
+
+
+class QuantizedModel(GeometryModel):
+    """A GeometryModel with QuantLinears swapped in, plus what produced it.
+
+    model: the wrapped GeometryModel; `module` is its nn.Module (holding the QuantLinears) and predict,
+    blocks, capture_block_input, task_outputs (and any other attribute) are delegated to it, so a
+    QuantizedModel is used wherever a GeometryModel is.
+    manifest: coverage manifest (dict, JSON-serialisable). stats: CalibrationStats.
+    method, scheme (Scheme), config (the method's config dataclass), calibration_hash (str or None).
+    """
+
+    def __init__(
+        self,
+        model: GeometryModel,
+        manifest: dict[str, Any],
+        stats: CalibrationStats,
+        method: str,
+        scheme: Scheme,
+        config: Any,
+        calibration_hash: str | None,
+    ):
+        super().__init__(model.module, name=getattr(model, "name", None))
+        self.model = model
+        self.manifest = manifest
+        self.stats = stats
+        self.method = method
+        self.scheme = scheme
+        self.config = config
+        self.calibration_hash = calibration_hash
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "model":  # not yet set (copy / unpickle): avoid recursion
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    def predict(self, images: torch.Tensor):
+        return self.model.predict(images)
+
+    def blocks(self, scope="aggregator"):
+        return self.model.blocks(scope)
+
+    def capture_block_input(self, images: torch.Tensor, scope="aggregator"):
+        return self.model.capture_block_input(images, scope)
+
+    def task_outputs(self, images: torch.Tensor):
+        return self.model.task_outputs(images)
+
+    def quant_layers(self) -> dict[str, QuantLinear]:
+        """Full name -> QuantLinear, in module order."""
+        return {n: m for n, m in self.module.named_modules() if isinstance(m, QuantLinear)}
+
+    def set_backend(self, backend: str) -> int:
+        return set_backend(self.module, backend)
+
+    def __repr__(self) -> str:
+        return (
+            f"QuantizedModel(model={self.name}, method={self.method}, "
+            f"scheme={self.scheme.name}, sites={len(self.manifest.get('sites', {}))})"
+        )
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config or {})
+
+
+def build_manifest(
+    model: Any, scope: str, method: str, scheme: Scheme, config: Any, calibration: CalibrationSet | None
+) -> dict[str, Any]:
+    """The coverage manifest of a quantized model (see module docstring)."""
+    blocks = {b.name: b for b in model.blocks(scope)}
+    sites: dict[str, Any] = {}
+    fp_linears: list[str] = []
+    weight_bits = 0
+    fp_params = 0
+    for name, mod in model.module.named_modules():
+        if isinstance(mod, QuantLinear):
+            blk = next((b for b in blocks if name.startswith(b + ".")), None)
+            sites[name] = {
+                "block": blk,
+                "kind": blocks[blk].kind if blk else None,
+                "attention": blocks[blk].attention if blk else None,
+                "weight": mod.weight_spec.describe(),
+                "act": "fp" if mod.act_spec is None else mod.act_spec.describe(),
+                "transform": None if mod.input_transform is None else mod.input_transform.config()["kind"],
+                "layer": mod.config(),
+            }
+            weight_bits += mod.qweight.numel() * mod.weight_spec.bits
+        elif isinstance(mod, nn.Linear):
+            fp_linears.append(name)
+            fp_params += mod.weight.numel()
+    return {
+        "format": FORMAT,
+        "model": {"name": getattr(model, "name", type(model).__name__), "class": type(model).__name__},
+        "method": method,
+        "scheme": scheme.to_dict(),
+        "config": _config_dict(config),
+        "scope": scope,
+        "calibration": None if calibration is None else calibration.describe(),
+        "sites": sites,
+        "fp_linears": fp_linears,
+        "always_fp": ALWAYS_FP,
+        "summary": {
+            "num_quantized_linears": len(sites),
+            "num_fp_linears": len(fp_linears),
+            "quantized_weight_bits": weight_bits,
+            "fp_linear_weights": fp_params,
+            "weight_spec": scheme.weight.describe() if sites else None,
+            "act_spec": (scheme.act.describe() if scheme.act is not None else "fp") if sites else None,
+        },
+    }
+
+
+def _check_widths(model: Any, scheme: Scheme, scope: str) -> None:
+    for name, lin in model.quant_sites(scope).items():
+        scheme.weight.check_width(lin.in_features, f"the weight of {name}")
+        if scheme.act is not None and scheme.act.granularity == "group":
+            scheme.act.check_width(lin.in_features, f"the input of {name}")
+
+
+def quantize_model(
+    model: Any,
+    method: str,
+    scheme: str | Scheme | None,
+    calibration: CalibrationSet | None = None,
+    config: dict | Any | None = None,
+    scope: str = "aggregator",
+    *,
+    progress: bool = False,
+    inplace: bool = False,
+) -> QuantizedModel:
+    """Quantize `model` (GeometryModel) with registered `method` at `scheme` (name like "w4a8" or a Scheme).
+
+    calibration: required by calibrating methods (and by any method with static activations).
+    config: dict (unknown keys are errors) or the method's config dataclass. scope: "aggregator" | "all".
+    The input model is left untouched unless inplace=True (it is deep-copied). progress: tqdm per block.
+    """
+    spec = get_method(method)
+    cfg = spec.make_config(config)
+    if scheme is None:
+        if method != "fp":
+            raise ConfigError(f"method '{method}' needs a scheme (e.g. w8a8, w4a8)")
+        scheme_obj = FP_SCHEME
+    else:
+        scheme_obj = get_scheme(scheme)
+    if getattr(cfg, "act_static", False):
+        scheme_obj = scheme_obj.with_static_act()
+    if scope not in ("aggregator", "all"):
+        raise ConfigError(f"scope must be 'aggregator' or 'all', got {scope!r}")
+    if method != "fp":
+        _check_widths(model, scheme_obj, scope)
+    static = scheme_obj.act is not None and not scheme_obj.act.dynamic
+    if spec.needs_calibration(static) and calibration is None:
+        why = "static activation ranges" if spec.requires_calibration == "static_act" else "its statistics"
+        raise ConfigError(f"method '{method}' needs a calibration set for {why}; pass calibration=")
+    if calibration is not None and not isinstance(calibration, CalibrationSet):
+        raise ConfigError(f"calibration must be a CalibrationSet, got {type(calibration).__name__}")
+    target = model if inplace else copy.deepcopy(model)
+    target.module.eval()
+    ctx = QuantContext(target, scope, scheme_obj, progress, method, spec.propagate)
+    with PeakMemory() as pm:
+        t0 = time.perf_counter()
+        spec.fn(target, calibration, scheme_obj, cfg, ctx)
+        wall = time.perf_counter() - t0
+    st = ctx.stats
+    st.wall_time_s = wall
+    st.peak_rss_bytes, st.delta_rss_bytes, st.cuda_peak_bytes = (
+        pm.peak_rss_bytes,
+        pm.delta_rss_bytes,
+        pm.cuda_peak_bytes,
+    )
+    st.num_calibration_samples = 0 if calibration is None else len(calibration)
+    manifest = build_manifest(target, scope, method, scheme_obj, cfg, calibration)
+    return QuantizedModel(
+        target, manifest, st, method, scheme_obj, cfg, None if calibration is None else calibration.hash
+    )
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_quantized(qm: QuantizedModel, directory: str | Path) -> Path:
+    """Write model.safetensors + manifest.json into `directory` (created). Returns the directory."""
+    from safetensors.torch import save_file
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in qm.module.state_dict().items()}
+    save_file(state, str(d / STATE_FILE), metadata={"format": FORMAT, "method": qm.method})
+    doc = dict(qm.manifest)
+    doc["calibration_hash"] = qm.calibration_hash
+    doc["stats"] = qm.stats.to_dict()
+    doc["state_sha256"] = _sha256(d / STATE_FILE)
+    (d / MANIFEST_FILE).write_text(json.dumps(doc, indent=1, allow_nan=False, default=str))
+    return d
+
+
+def load_quantized(directory: str | Path, model: Any = None) -> QuantizedModel:
+    """Restore a save_quantized directory bit-exactly. model: a GeometryModel of the same architecture
+    (its weights are overwritten); default ptq3d.models.load_model(manifest model name)."""
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    mpath = d / MANIFEST_FILE
+    if not mpath.is_file():
+        raise CheckpointError(f"{mpath}: no manifest.json (not a ptq3d quantized-model directory)")
+    try:
+        doc = json.loads(mpath.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{mpath}: invalid JSON ({exc})") from exc
+    if doc.get("format") != FORMAT:
+        raise CheckpointError(f"{mpath}: format {doc.get('format')!r}, expected {FORMAT!r}")
+    spath = d / STATE_FILE
+    if not spath.is_file():
+        raise CheckpointError(f"{spath}: missing")
+    if doc.get("state_sha256") and _sha256(spath) != doc["state_sha256"]:
+        raise CheckpointError(f"{spath}: SHA-256 does not match manifest.json (file changed or corrupt)")
+    if model is None:
+        try:
+            from ptq3d.models import load_model
+        except ImportError as exc:
+            raise UserError(
+                f"load_quantized: pass model= (ptq3d.models.load_model unavailable: {exc})"
+            ) from exc
+        model = load_model(doc["model"]["name"])
+    else:
+        model = copy.deepcopy(model)
+    for site, entry in doc["sites"].items():
+        try:
+            replace_module(model.module, site, QuantLinear.from_config(entry["layer"]))
+        except AttributeError as exc:
+            raise CheckpointError(
+                f"{mpath}: site '{site}' does not exist in model {doc['model']['name']}"
+            ) from exc
+    state = load_file(str(spath))
+    try:
+        model.module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{spath}: state does not fit the model: {str(exc).splitlines()[0]}") from exc
+    model.module.eval()
+    spec = get_method(doc["method"])
+    manifest = {k: v for k, v in doc.items() if k not in ("stats", "calibration_hash", "state_sha256")}
+    return QuantizedModel(
+        model,
+        manifest,
+        CalibrationStats.from_dict(doc.get("stats", {})),
+        doc["method"],
+        Scheme.from_dict(doc["scheme"]),
+        spec.make_config(doc.get("config") or None),
+        doc.get("calibration_hash"),
+    )
