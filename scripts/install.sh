@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${PTQ3D_VENV:-.venv}"
-EXTRAS="${PTQ3D_EXTRAS:-dev}"
+EXTRAS="${PTQ3D_EXTRAS:-dev,distributed}"
 
 need_apt=()
 if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then need_apt+=(libusb-1.0-0); fi

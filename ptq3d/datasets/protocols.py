@@ -493,6 +493,19 @@ def _published() -> list[Protocol]:
             description="8 held-out synthetic scenes, 8 views at VGGT's 518x392",
             source="ptq3d.datasets.synthetic",
         ),  # fmt: skip
+        Protocol(
+            name="synthetic-calib",
+            version=1,
+            dataset="synthetic",
+            scenes=tuple(f"seed-{s}" for s in range(101, 117)),
+            sampling="all",
+            resolution=56,
+            preprocessing="crop",
+            options=(("num_frames", 4), ("height", 56), ("width", 56)),
+            description="16 synthetic calibration scenes (training-range seeds 101-116), 4 views at 56x56; "
+            "disjoint from the held-out evaluation scenes",
+            source="ptq3d.datasets.synthetic",
+        ),  # fmt: skip
     ]
 
 

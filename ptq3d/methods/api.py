@@ -280,13 +280,18 @@ def load_quantized(directory: str | Path, model: Any = None) -> QuantizedModel:
             raise CheckpointError(
                 f"{mpath}: site '{site}' does not exist in model {doc['model']['name']}"
             ) from exc
+    spec = get_method(doc["method"])
+    # a method whose quantized state holds modules beyond QuantLinear (e.g. TAPTQ's low-rank compensation,
+    # twin quantizers) declares fn.rebuild_modules(module, manifest) to recreate them before loading
+    rebuild = getattr(spec.fn, "rebuild_modules", None)
+    if rebuild is not None:
+        rebuild(model.module, doc)
     state = load_file(str(spath))
     try:
         model.module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{spath}: state does not fit the model: {str(exc).splitlines()[0]}") from exc
     model.module.eval()
-    spec = get_method(doc["method"])
     manifest = {k: v for k, v in doc.items() if k not in ("stats", "calibration_hash", "state_sha256")}
     return QuantizedModel(
         model,

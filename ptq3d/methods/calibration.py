@@ -90,8 +90,11 @@ class CalibrationSet:
 
 
 @register_calibration_builder("random")
-def build_random(pool: Sequence[SceneSample], n: int, seed: int = 0, **meta: Any) -> CalibrationSet:
-    """n scenes drawn uniformly without replacement from `pool` (numpy default_rng(seed)), in pool order."""
+def build_random(
+    pool: Sequence[SceneSample], n: int, seed: int = 0, model: Any = None, **meta: Any
+) -> CalibrationSet:
+    """n scenes drawn uniformly without replacement from `pool` (numpy default_rng(seed)), in pool order.
+    model is accepted (every builder is called with the FP model) and not used."""
     pool = list(pool)
     if not pool:
         raise ConfigError("calibration pool is empty: nothing to draw calibration scenes from")

@@ -86,7 +86,7 @@ def handle(args: argparse.Namespace) -> int:
         make_pool = synthetic_pool if args.calib == "synthetic" else random_pool
         pool = make_pool(pool_n, args.calib_frames, h, w, first_seed=args.seed * 100_000)
         calib = get_calibration_builder(args.calib_builder)(
-            pool, args.calib_size, seed=args.seed, source=args.calib
+            pool, args.calib_size, seed=args.seed, model=model, source=args.calib
         )
     qm = quantize_model(
         model,

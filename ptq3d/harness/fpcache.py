@@ -1,0 +1,94 @@
+"""On-disk cache of full-precision predictions and their metrics, so N methods cost one FP pass.
+
+Key = SHA-256 of (model weights content hash, protocol hash, scene content hash, device type). The entry is
+`<cache>/fp/<key[:2]>/<key>.safetensors` (the Predictions tensors) plus `<key>.<metrics-hash>.json` (the
+metric values for one metric list and alignment). Writes go to a temporary file and are renamed into place, so
+a killed run never leaves a half-written entry and concurrent workers may share one cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ptq3d.harness.spec import short_hash
+
+
+def fp_key(model_hash: str, protocol_hash: str, scene_hash: str, device: str) -> str:
+    return short_hash(
+        {"model": model_hash, "protocol": protocol_hash, "scene": scene_hash, "device": device}, 32
+    )
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class FPCache:
+    """get/put Predictions and metric dicts by key. root None disables caching."""
+
+    def __init__(self, root: str | Path | None):
+        self.root = Path(root) / "fp" if root else None
+
+    def _path(self, key: str, suffix: str) -> Path:
+        assert self.root is not None
+        return self.root / key[:2] / f"{key}{suffix}"
+
+    # --- predictions ------------------------------------------------------------------------------------
+    def get_predictions(self, key: str) -> Any | None:
+        if self.root is None:
+            return None
+        path = self._path(key, ".safetensors")
+        if not path.exists():
+            return None
+        from safetensors.torch import load_file
+
+        from ptq3d.models.base import Predictions
+
+        try:
+            t = load_file(str(path))
+        except Exception:  # a corrupt entry is a cache miss, not an error
+            return None
+        return Predictions(
+            depth=t["depth"],
+            depth_conf=t["depth_conf"],
+            world_points=t["world_points"],
+            points_conf=t["points_conf"],
+            extrinsics=t["extrinsics"],
+            intrinsics=t.get("intrinsics"),
+            raw={"from_cache": True},
+        )
+
+    def put_predictions(self, key: str, pred: Any) -> None:
+        if self.root is None:
+            return
+        from safetensors.torch import save
+
+        tensors = {k: v.detach().cpu().contiguous() for k, v in pred.tensors().items()}
+        _atomic_write(self._path(key, ".safetensors"), save(tensors))
+
+    # --- metrics ----------------------------------------------------------------------------------------
+    def get_metrics(self, key: str, metrics_key: str) -> dict[str, float] | None:
+        if self.root is None:
+            return None
+        path = self._path(key, f".{metrics_key}.json")
+        try:
+            return {k: float(v) for k, v in json.loads(path.read_text()).items()}
+        except (OSError, ValueError):
+            return None
+
+    def put_metrics(self, key: str, metrics_key: str, values: dict[str, float]) -> None:
+        if self.root is None:
+            return
+        _atomic_write(self._path(key, f".{metrics_key}.json"), json.dumps(values).encode())

@@ -1,0 +1,218 @@
+"""Cell specifications and results: the picklable records that travel between the driver and executors.
+
+A run is a grid of cells (model x method x scheme x protocol x calibration builder x seed). A `CellSpec` holds
+only plain values (str, int, float, dicts of those), so it pickles and JSON-serialises; its `cell_id` is the
+SHA-256 of its canonical JSON, which keys the results store (a killed sweep resumes by skipping known ids).
+`run_cell(spec, cache_dir) -> CellResult` (ptq3d.harness.runner) is a pure function of the spec and the
+on-disk caches; only the driver writes the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+FP_METHOD = "fp"  # the full-precision reference cell: no calibration, no quantization
+FP_SCHEME = "fp32"
+AGGREGATE_SCENE = "*"  # scene name of the aggregated (over scenes) metric rows
+STAGES = ("load", "fp_eval", "calibrate", "eval_fake", "eval_real", "bench")
+EVAL_STAGES = ("fp", "fake", "real")  # which predictions a metric row scores
+
+
+def canonical_json(obj: Any) -> str:
+    """Deterministic JSON (sorted keys, no spaces) used for hashing."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def short_hash(obj: Any, n: int = 16) -> str:
+    """SHA-256 hex prefix of the canonical JSON of `obj` (or of bytes/str as is)."""
+    if isinstance(obj, bytes):
+        data = obj
+    elif isinstance(obj, str):
+        data = obj.encode()
+    else:
+        data = canonical_json(obj).encode()
+    return hashlib.sha256(data).hexdigest()[:n]
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """name: registered model name; weights: checkpoint path or None (seeded random init with `init_seed`);
+    label: shown in tables; options: extra keyword arguments for the model loader."""
+
+    name: str
+    weights: str | None = None
+    label: str = ""
+    init_seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+@dataclass(frozen=True)
+class ProtocolRef:
+    """A versioned evaluation protocol: name, data root (None for synthetic), scene limit, metric names (None =
+    the components' defaults), alignment preset (None = the default policy) and alignment_options (policy
+    fields overriding the preset, e.g. max_points)."""
+
+    name: str
+    root: str | None = None
+    limit: int | None = None
+    metrics: tuple[str, ...] | None = None
+    alignment: str | None = None
+    alignment_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MethodRef:
+    """name: registered method; label: shown in tables (defaults to name); config: the method's config keys."""
+
+    name: str
+    label: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+@dataclass(frozen=True)
+class CalibRef:
+    """How the calibration set is drawn: builder over the scenes of `protocol` (at `root`), `num_scenes` of
+    them, with `seed`."""
+
+    builder: str
+    protocol: str
+    root: str | None = None
+    num_scenes: int = 4
+    seed: int = 0
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """scope: quantization scope ("aggregator" | "all"); real_backend: "auto" (triton on a GPU, else the
+    emulated integer backend; a backend error is noted on the stage and the cell stays ok), "emulated",
+    "triton" or "none" (explicit backends fail the cell on error); bench: run the bench stage; bench_warmup/bench_repeats: latency timing;
+    device: "auto" | "cpu" | "cuda"; outlier_stats: collect activation outlier statistics; threads: torch
+    intra-op threads (0 = leave as is)."""
+
+    scope: str = "aggregator"
+    real_backend: str = "auto"
+    bench: bool = True
+    bench_warmup: int = 1
+    bench_repeats: int = 3
+    device: str = "auto"
+    outlier_stats: bool = True
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One cell of the grid. calibration is None for the FP reference and for methods that need none.
+    components: which component set runs it ("real", or "module:attr" of a Components factory)."""
+
+    model: ModelRef
+    method: MethodRef
+    scheme: str
+    protocol: ProtocolRef
+    calibration: CalibRef | None
+    options: EvalOptions = EvalOptions()
+    components: str = "real"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if d["protocol"]["metrics"] is not None:
+            d["protocol"]["metrics"] = list(d["protocol"]["metrics"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CellSpec:
+        p = dict(d["protocol"])
+        if p.get("metrics") is not None:
+            p["metrics"] = tuple(p["metrics"])
+        return cls(
+            model=ModelRef(**d["model"]),
+            method=MethodRef(**d["method"]),
+            scheme=d["scheme"],
+            protocol=ProtocolRef(**p),
+            calibration=CalibRef(**d["calibration"]) if d.get("calibration") else None,
+            options=EvalOptions(**d.get("options", {})),
+            components=d.get("components", "real"),
+        )
+
+    @property
+    def cell_id(self) -> str:
+        """SHA-256 prefix of the canonical spec; the store's primary key."""
+        return short_hash(self.to_dict(), 20)
+
+    @property
+    def is_reference(self) -> bool:
+        return self.method.name == FP_METHOD
+
+    @property
+    def seed(self) -> int | None:
+        return self.calibration.seed if self.calibration else None
+
+    def describe(self) -> str:
+        cal = f" {self.calibration.builder}/seed{self.calibration.seed}" if self.calibration else ""
+        return f"{self.model.display} | {self.method.display} | {self.scheme} | {self.protocol.name}{cal}"
+
+
+@dataclass
+class StageRecord:
+    """One timed stage: wall seconds, peak resident memory (bytes, and the increase over the stage start),
+    CUDA peak bytes (None off GPU); status "ok" | "skipped" | "failed"; note says why when not ok."""
+
+    name: str
+    wall_s: float = 0.0
+    cpu_peak_bytes: int = 0
+    cpu_delta_bytes: int = 0
+    cuda_peak_bytes: int | None = None
+    status: str = "ok"
+    note: str = ""
+
+
+@dataclass
+class MetricRow:
+    """One metric value. stage: "fp" | "fake" | "real"; scene: scene name or AGGREGATE_SCENE; stderr: standard
+    error over scenes for aggregate rows (None for per-scene rows); n: scenes aggregated."""
+
+    stage: str
+    scene: str
+    metric: str
+    value: float
+    stderr: float | None = None
+    n: int = 1
+
+
+@dataclass
+class CellResult:
+    """Everything one cell measured. status "ok" | "failed" (reason says which stage and why). A failed cell
+    keeps the stages and metrics it finished, but reports never average it in."""
+
+    spec: CellSpec
+    status: str = "ok"
+    reason: str = ""
+    metrics: list[MetricRow] = field(default_factory=list)
+    metric_info: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stages: list[StageRecord] = field(default_factory=list)
+    costs: dict[str, Any] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+    @property
+    def cell_id(self) -> str:
+        return self.spec.cell_id
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"

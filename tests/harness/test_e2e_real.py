@@ -1,0 +1,180 @@
+"""End to end on the real components: vggt-tiny (seeded random init), synthetic-smoke, FP + RTN; checks the
+store, the CSV, the LaTeX and the HTML. Also checks the default suite's grid without running it."""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+
+import pandas as pd
+import pytest
+
+from ptq3d.harness.cli import main
+
+CONFIG = """
+[run]
+schemes = ["w8a8", "w4a4"]
+output_dir = "{out}"
+
+[[models]]
+name = "vggt-tiny"
+label = "VGGT-tiny"
+
+[[methods]]
+name = "rtn"
+label = "RTN"
+
+[[protocols]]
+name = "synthetic-smoke"
+limit = 1
+metrics = ["pose.auc@30", "depth.abs_rel", "depth.delta<1.25"]
+
+[calibration]
+protocol = "synthetic-calib"
+num_scenes = 1
+
+[eval]
+bench_repeats = 1
+threads = 1
+"""
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_real_grid_end_to_end(tmp_path, capsys):
+    cfg = tmp_path / "real.toml"
+    out = tmp_path / "out"
+    cfg.write_text(CONFIG.format(out=out))
+    assert main(["run", str(cfg), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "ran 3 cells, skipped 0 finished, 0 failed" in printed and "FP passes 1" in printed
+
+    con = sqlite3.connect(out / "results.sqlite")
+    cells = con.execute(
+        "SELECT method, scheme, status, costs, manifest, provenance FROM cells ORDER BY method, scheme"
+    ).fetchall()
+    assert [(c[0], c[1], c[2]) for c in cells] == [
+        ("fp", "fp32", "ok"),
+        ("rtn", "w4a4", "ok"),
+        ("rtn", "w8a8", "ok"),
+    ]
+    import json
+
+    rtn = json.loads(cells[2][4])
+    assert rtn["method"] == "rtn" and rtn["summary"]["num_quantized_linears"] > 0  # coverage manifest
+    prov = json.loads(cells[2][5])
+    assert prov["model"]["weights"] == "random init (seed 0)" and "note" in prov["model"]
+    assert prov["calibration_hash"] and prov["protocol_hash"] and prov["versions"]["torch"].startswith("2.13")
+    costs = json.loads(cells[2][3])
+    assert costs["model_bytes_q"] < costs["model_bytes_fp"] and costs["latency_backend"] == "emulated"
+    stages = dict(
+        con.execute(
+            "SELECT stage, status FROM stages WHERE cell_id = (SELECT cell_id FROM cells WHERE scheme='w8a8')"
+        )
+    )
+    assert stages == {s: "ok" for s in ("load", "fp_eval", "calibrate", "eval_fake", "eval_real", "bench")}
+    agg = dict(
+        con.execute(
+            "SELECT m.stage || ':' || m.metric, m.value FROM metrics m JOIN cells c USING(cell_id) "
+            "WHERE c.scheme='w8a8' AND m.scene='*'"
+        )
+    )
+    for stage in ("fp", "fake", "real"):
+        assert 0 <= agg[f"{stage}:depth.delta<1.25"] <= 1 and agg[f"{stage}:depth.abs_rel"] > 0
+
+    reports = out / "reports"
+    csv = pd.read_csv(io.StringIO((reports / "report.csv").read_text()))
+    assert set(csv["metric"]) >= {"pose.auc@30", "depth.abs_rel", "depth.delta<1.25"}
+    assert set(csv["stage"]) == {"fp", "fake", "real"} and (csv["status"] == "ok").all()
+    tex = (reports / "report.tex").read_text()
+    assert r"\multicolumn{6}{c}{synthetic-smoke}" in tex and r"pose.auc@30 $\uparrow$" in tex and "RTN" in tex
+    html = (reports / "report.html").read_text()
+    assert "VGGT-tiny" in html and "random weights" in html and "<svg" in html and "aggregator." in html
+
+    # rerun: every cell is skipped
+    assert main(["run", str(cfg), "--no-progress", "--no-report"]) == 0
+    assert "ran 0 cells, skipped 3 finished" in capsys.readouterr().out
+
+
+def test_default_suite_grid(tmp_path):
+    from ptq3d.harness.default_suite import default_config
+    from ptq3d.methods import list_methods
+
+    cfg = default_config(tmp_path / "d")
+    cells = cfg.cells()
+    methods = [m for m in list_methods() if m != "fp"]
+    assert cells[0].is_reference
+    assert {(c.method.name, c.scheme) for c in cells[1:]} == {
+        (m, s) for m in methods for s in ("w8a8", "w4a8", "w4a4")
+    }
+    assert cfg.output_dir == str((tmp_path / "d").resolve())
+    assert cells[0].protocol.name == "synthetic-smoke" and cells[1].calibration.protocol == "synthetic-calib"
+    stamped = default_config()
+    assert "/ptq3d-runs/" in stamped.output_dir and stamped.output_dir.rsplit("/", 1)[1][:2] == "20"
+    assert stamped.cache_dir.endswith("/ptq3d-runs/cache")  # shared by timestamped runs
+
+
+def test_example_config_validates(capsys):
+    from pathlib import Path
+
+    import ptq3d.harness
+
+    example = Path(ptq3d.harness.__file__).parent / "examples" / "grid.toml"
+    assert main(["validate", str(example)]) == 0
+    out = capsys.readouterr().out
+    # FP + rtn (no calibration dependence: 3 schemes) + smoothquant and gptq (3 schemes x 2 seeds each)
+    assert "ok (16 cells" in out and "SmoothQuant a=0.5" in out
+
+
+@pytest.mark.parametrize(
+    "what, expect",
+    [
+        ("methods", "rtn"),
+        ("protocols", "synthetic-smoke"),
+        ("metrics", "pose.auc@30"),
+        ("datasets", "co3d"),
+        ("schemes", "w4a8"),
+        ("models", "vggt-tiny"),
+    ],
+)
+def test_ls_real(what, expect, capsys):
+    assert main(["ls", what]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert expect in names
+    if what == "methods":
+        assert "fp" not in names  # the FP reference is not a method to rank
+
+
+@pytest.mark.parametrize(
+    "protocol, message",
+    [
+        (
+            '{ name = "synthetic-smoke", alignment = "vgt" }',
+            "unknown alignment preset 'vgt'; did you mean 'vggt'?",
+        ),
+        (
+            '{ name = "synthetic-smoke", alignment_options = { max_pts = 3 } }',
+            "bad alignment_options {'max_pts': 3}",
+        ),
+        ('{ name = "synthetic-smoke", metrics = ["pose.auc@31"] }', "unknown metric 'pose.auc@31'"),
+    ],
+)
+def test_real_names_are_validated(protocol, message):
+    from ptq3d.errors import ConfigError
+    from ptq3d.harness.config import loads_config
+
+    text = f'models = ["vggt-tiny"]\nmethods = ["rtn"]\nprotocols = [{protocol}]\n[run]\nschemes = ["w8a8"]\n'
+    with pytest.raises(ConfigError, match="protocols"):
+        loads_config(text)
+    try:
+        loads_config(text)
+    except ConfigError as exc:
+        assert message in str(exc)

@@ -1,0 +1,62 @@
+"""A small finished grid on the fake components, shared by the report tests (built once per session)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ptq3d.harness.config import load_config
+from ptq3d.harness.sweep import run_grid
+from tests.harness.fakes import XSS, write_config
+
+XSS_TOML = XSS.replace('"', '\\"')
+
+BODY = f"""
+[[models]]
+name = "toy"
+label = "Toy"
+[[methods]]
+name = "rtn"
+label = "RTN"
+[[methods]]
+name = "wonly"
+label = "W-only"
+[[methods]]
+name = "wonly"
+label = "{XSS_TOML}"
+config = {{ clip = 0.9 }}
+[[methods]]
+name = "boom"
+[[protocols]]
+name = "toy-smoke"
+[[protocols]]
+name = "toy-xss"
+[calibration]
+protocol = "toy-heldout"
+num_scenes = 2
+seeds = [0, 1]
+[eval]
+real_backend = "auto"
+bench_repeats = 2
+"""
+
+
+@pytest.fixture(scope="session")
+def grid_store(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("grid")
+    cfg = write_config(tmp / "grid.toml", BODY, f'schemes = ["w8a8", "w4a4"]\noutput_dir = "{tmp / "out"}"')
+    summary = run_grid(load_config(cfg))
+    assert summary.ran == 26 and len(summary.failed) == 8
+    return summary.store_path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is ~10x faster than two that contend."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
