@@ -1,0 +1,929 @@
+"""TAPTQ: Tail-Aware Post-Training Quantization for 3D geometry models (Pan et al., arXiv 2602.01741).
+
+Three parts (paper abstract; the details follow the author repository bolli03/TAPTQ, see
+shared/notes/methods.md section 4):
+
+1. Calibration set: progressive coarse-to-fine construction (ptq3d.methods.taptq_calib, builder "taptq").
+2. Interval search (PTQ4ViT base). Per linear, symmetric uniform quantizers with interval Delta = alpha * Delta0,
+   Delta0 = max|.| / (2^(b-1) - 0.5), alpha on the grid linspace(eq_alpha, eq_beta, eq_n + 1). The objective of a
+   layer is its (gradient-weighted) output error
+
+       err(Delta) = mean[(g * (O - O_hat(Delta)))^2]      (metric "hessian"; g = 1 for metric "mse")
+
+   with O = X W^T + b the FP output on FP inputs X (every other module FP: the repo's sequential=False), and
+   g = dL/dO the gradient of a task loss of the FP model. err is minimised over the candidate grid by
+   ternary search (O(log N) evaluations) or, as the reference solver, exhaustively (N evaluations).
+   Weight and activation intervals alternate for `search_rounds` rounds (weights first, each with the other's
+   current interval). Every objective evaluation is counted (stats `w_evals`, `a_evals`).
+3. TRE-guided module-wise compensation (QwT-style). For every attention / MLP sub-module in execution order,
+   on the quantized-and-compensated trajectory: y = FP unit output, y_hat = quantized unit output (unit =
+   LayerScale o sub-module o norm), TRE = sum_topK (y - y_hat)^2 / (sum_topK y^2 + eps) over the K = max(1,
+   floor(rho * numel)) largest |y|. Where TRE >= tau and R^2 > 0, [W; b] = argmin ||[x, 1][W; b] - (y - y_hat)||^2
+   (closed form, normal equations) is reduced to rank r by SVD (A = U_r sqrt(S_r), B = sqrt(S_r) V_r^T) and
+   added to the unit: out = unit(x) + x A B + b.
+
+Formats: weights per tensor (attn.qkv: one interval each for q, k, v) or per output channel; activations
+static per tensor; fc2's post-GELU input uses PTQ4ViT's twin-uniform quantizer (searched positive interval,
+fixed negative interval 0.16997 / 2^(b-1)), `TwinQuantLinear`.
+
+Reconstruction decisions (where the paper text is not available or paper and code differ):
+- Task loss for the Hessian metric: the repo uses VGGT's point-map training loss against GT DTU point maps. We
+  use a model-agnostic GT depth loss (least-squares scale-aligned L1 on valid GT pixels, normalised by mean GT
+  depth), because VGGT and Pi3 both output per-frame depth while their point maps live in different frames.
+  It needs GT depth in the calibration scenes (metric "mse" does not).
+- One gradient pass per calibration scene captures dL/dO of every site at once (the repo backpropagates per
+  module); identical gradients, more memory. Tokens are subsampled to `max_tokens` per layer (the repo's docs
+  cite a 4096-token budget); the static activation range Delta0 still uses the max over all tokens.
+- Solvers: textbook ternary search on the candidate index with memoised evaluations (default for weights and
+  activations, as the paper states); `ternary_variant="code"` reproduces the repo's averaged-probe variant
+  (about 4 evaluations per iteration). The repo keeps the exhaustive search for weights: w_solver="exhaustive".
+- Compensation input: the sub-module's input (the normalised tokens norm(x), i.e. "the module input"), not the
+  pre-norm residual x the repo regresses on. The fit is done in the unit's output space (after LayerScale),
+  where TRE is measured, and stored divided by gamma so it can run as a forward hook on the sub-module.
+- The compensation is stored as a `LowRankCompensation` child named `taptq_comp` of the sub-module
+  (e.g. `...blocks.3.attn.taptq_comp`) plus a forward hook, so the site names of the QuantLinears do not
+  change. `rebuild_taptq_modules` re-creates both on load (needs a core hook, see its docstring).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ptq3d.errors import ConfigError
+from ptq3d.methods.calibration import BlockData
+from ptq3d.methods.context import replace_module
+from ptq3d.methods.qlinear import QuantLinear
+from ptq3d.methods.quant import QuantSpec, dequantize, fake_quantize, quantize
+from ptq3d.methods.registry import MethodConfig, register_method
+
+SOLVERS = ("ternary", "exhaustive")
+TERNARY_VARIANTS = ("textbook", "code")
+METRICS = ("hessian", "mse")
+COMP_CHILD = "taptq_comp"
+
+
+# ==================================================================================================
+# 1. Interval solvers over a candidate grid
+# ==================================================================================================
+
+
+class GridObjective:
+    """Memoised, counted objective over a candidate grid for `num_blocks` independent interval blocks.
+
+    fn(idx [num_blocks] long) -> err [num_blocks] evaluates every block at its own candidate index in one
+    call (PTQ4ViT batches the row blocks of a weight the same way); one call = one objective evaluation.
+    Values are cached per (block, index); a call is made only when some block's value is missing.
+    """
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], num_blocks: int, num_candidates: int):
+        self.fn = fn
+        self.num_blocks = num_blocks
+        self.num_candidates = num_candidates
+        self.cache = torch.full((num_blocks, num_candidates), float("nan"), dtype=torch.float64)
+        self.evals = 0
+        self._rows = torch.arange(num_blocks)
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        idx = idx.long().clamp(0, self.num_candidates - 1)
+        vals = self.cache[self._rows, idx]
+        if torch.isnan(vals).any():
+            res = self.fn(idx).detach().double().reshape(self.num_blocks)
+            self.evals += 1
+            self.cache[self._rows, idx] = res
+            vals = res
+        return vals
+
+
+def exhaustive_search(obj: GridObjective) -> torch.Tensor:
+    """Reference solver: evaluate every candidate; per block the first index of the minimum. -> idx [nb]."""
+    for k in range(obj.num_candidates):
+        obj(torch.full((obj.num_blocks,), k, dtype=torch.long))
+    return torch.argmin(obj.cache, dim=1)
+
+
+def ternary_search(obj: GridObjective, variant: str = "textbook", refine: int = 0) -> torch.Tensor:
+    """Ternary search for the minimum of an (assumed unimodal) objective on the index grid, per block.
+
+    textbook: m1 = l + (r-l)//3, m2 = r - (r-l)//3; f(m1) < f(m2) -> r = m2 - 1; f(m1) > f(m2) -> l = m1 + 1;
+        ties -> [m1, m2]; stop at r - l <= 2 and take the best of the <= 3 remaining candidates; then, with
+        refine > 0, the best within +-refine of it (a local scan: the quantization-error curves are unimodal
+        only at large scale, with rounding ripples near the optimum). 101 candidates: 8 iterations x 2 + <= 3
+        (+ <= 2 refine, many cached) evaluations.
+    code (bolli03/TAPTQ `_search_best_a_interval`): m1 = (2l+r)//3, m2 = (l+2r)//3; compare the mean of f at the
+        1/3 and 2/3 points inside [l, m1] with the same inside [m2, r]; the smaller error side keeps its end
+        (left worse -> l = m1, else r = m2); answer (l + r)//2.
+    Returns idx [num_blocks].
+    """
+    nb, n = obj.num_blocks, obj.num_candidates
+    lo = torch.zeros(nb, dtype=torch.long)
+    hi = torch.full((nb,), n - 1, dtype=torch.long)
+    if variant == "textbook":
+        while bool(((hi - lo) > 2).any()):
+            active = (hi - lo) > 2
+            third = (hi - lo) // 3
+            m1, m2 = lo + third, hi - third
+            f1, f2 = obj(m1), obj(m2)
+            new_lo = torch.where(f1 > f2, m1 + 1, torch.where(f1 < f2, lo, m1))
+            new_hi = torch.where(f1 < f2, m2 - 1, torch.where(f1 > f2, hi, m2))
+            lo = torch.where(active, new_lo, lo)
+            hi = torch.where(active, new_hi, hi)
+        cands = torch.stack([torch.minimum(lo + j, hi) for j in range(3)], dim=1)  # [nb, 3]
+        vals = torch.stack([obj(cands[:, j]) for j in range(3)], dim=1)
+        best = cands[torch.arange(nb), torch.argmin(vals, dim=1)]
+        if refine > 0:
+            offs = list(range(-refine, refine + 1))
+            cands = torch.stack([(best + o).clamp(0, n - 1) for o in offs], dim=1)
+            vals = torch.stack([obj(cands[:, j]) for j in range(len(offs))], dim=1)
+            best = cands[torch.arange(nb), torch.argmin(vals, dim=1)]
+        return best
+    if variant == "code":
+        while bool(((hi - lo) > 2).any()):
+            active = (hi - lo) > 2
+            m1, m2 = (2 * lo + hi) // 3, (lo + 2 * hi) // 3
+            left = (obj((2 * lo + m1) // 3) + obj((lo + 2 * m1) // 3)) / 2
+            right = (obj((2 * m2 + hi) // 3) + obj((m2 + 2 * hi) // 3)) / 2
+            lo = torch.where(active & (left > right), m1, lo)
+            hi = torch.where(active & ~(left > right), m2, hi)
+        return (lo + hi) // 2
+    raise ConfigError(f"taptq ternary_variant '{variant}': expected one of {', '.join(TERNARY_VARIANTS)}")
+
+
+def solve(obj: GridObjective, solver: str, variant: str = "textbook", refine: int = 0) -> torch.Tensor:
+    """Run `solver` ("ternary" | "exhaustive") on obj. -> best index per block [num_blocks]."""
+    if solver == "exhaustive":
+        return exhaustive_search(obj)
+    if solver == "ternary":
+        return ternary_search(obj, variant, refine)
+    raise ConfigError(f"taptq solver '{solver}': expected one of {', '.join(SOLVERS)}")
+
+
+# ==================================================================================================
+# 2. Quantizers and the per-linear interval search
+# ==================================================================================================
+
+
+def twin_fake_quantize(
+    x: torch.Tensor, pos_scale: torch.Tensor, neg_scale: torch.Tensor, bits: int
+) -> torch.Tensor:
+    """PTQ4ViT twin-uniform post-GELU quantizer: x >= 0 on [0, (2^(b-1)-1) pos_scale], x < 0 on
+    [-2^(b-1) neg_scale, 0] (the sign selects the range, so the code still fits b signed bits). Same shape."""
+    qmax = 2 ** (bits - 1)
+    xf = x.float()
+    pos_scale, neg_scale = pos_scale.reshape(()), neg_scale.reshape(())
+    high = torch.clamp(torch.round(xf / pos_scale), 0, qmax - 1) * pos_scale
+    low = torch.clamp(torch.round(xf / neg_scale), -qmax, 0) * neg_scale
+    return (high + low).to(x.dtype)
+
+
+class TwinQuantLinear(QuantLinear):
+    """QuantLinear whose static activation quantizer is the twin-uniform post-GELU one (for mlp.fc2).
+
+    act_scale [1, 1]: positive interval (searched). act_neg_scale [1, 1]: negative interval (fixed).
+    Only the "fake" backend: the integer kernels know one scale per activation tensor.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.act_spec is None or self.act_spec.dynamic or self.act_spec.granularity != "tensor":
+            raise ConfigError("TwinQuantLinear needs a static per-tensor activation spec")
+        self.register_buffer("act_neg_scale", torch.ones(1, 1))
+
+    def quantize_activation(self, x: torch.Tensor) -> torch.Tensor:
+        return twin_fake_quantize(x, self.act_scale, self.act_neg_scale, self.act_spec.bits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend != "fake":
+            raise ConfigError(
+                f"TwinQuantLinear({self.in_features}->{self.out_features}): backend '{self.backend}' has no "
+                "kernel for the twin-uniform post-GELU activation quantizer; run this layer on backend 'fake'"
+            )
+        return super().forward(x)
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "act_quantizer": "twin_posgelu"}
+
+
+@dataclass
+class LinearSearchResult:
+    """Intervals found for one linear. w_scale [out, 1] per row (tied within a row block) or [1, 1];
+    a_scale: activation interval (positive interval for twin) or None; evaluation counts and objectives."""
+
+    w_scale: torch.Tensor
+    a_scale: float | None
+    w_alpha: list[float]
+    a_alpha: float | None
+    w_evals: int
+    a_evals: int
+    objective: float
+    objective_init: float
+    gaps: dict[str, float] = field(default_factory=dict)
+
+
+class IntervalSearch:
+    """PTQ4ViT-style alternating interval search for one linear (see module docstring, part 2).
+
+    X [n, in]: FP inputs (token subsample); W [out, in]; b [out] or None; G2 [n, out] squared output gradients
+    (None = plain MSE); row_blocks: weight row blocks (1 = per tensor, out = per channel);
+    act: "static" | "twin" | "dynamic" | None; act_spec: the activation QuantSpec (static: per tensor);
+    a_max: max |x| (twin: max x) over ALL calibration tokens, for Delta0.
+    """
+
+    def __init__(
+        self,
+        X: torch.Tensor,
+        W: torch.Tensor,
+        b: torch.Tensor | None,
+        G2: torch.Tensor | None,
+        w_bits: int,
+        row_blocks: int,
+        act: str | None,
+        act_spec: QuantSpec | None,
+        a_max: float,
+        alphas: torch.Tensor,
+        twin_neg: float = 0.16997,
+        refine: int = 0,
+    ):
+        out = W.shape[0]
+        if out % row_blocks:
+            raise ConfigError(f"taptq: {row_blocks} weight row blocks do not divide {out} output channels")
+        self.X, self.W, self.b, self.G2 = X.float(), W.float(), None if b is None else b.float(), G2
+        self.nb = row_blocks
+        self.refine = refine
+        self.alphas = alphas.double()
+        self.w_spec = QuantSpec(w_bits, "channel")
+        self.act, self.act_spec = act, act_spec
+        self.O = torch.nn.functional.linear(self.X, self.W, self.b)
+        half = 2 ** (w_bits - 1) - 0.5
+        wmax = self.W.abs().reshape(row_blocks, -1).amax(dim=1).double()
+        self.w_base = torch.where(wmax > 0, wmax / half, torch.ones_like(wmax))
+        if act in ("static", "twin"):
+            ahalf = 2 ** (act_spec.bits - 1) - 0.5
+            self.a_base = a_max / ahalf if a_max > 0 else 1.0
+        self.neg_scale = torch.tensor([[twin_neg / 2 ** (act_spec.bits - 1)]]) if act == "twin" else None
+
+    # quantizers -----------------------------------------------------------------------------------
+    def row_scale(self, delta: torch.Tensor) -> torch.Tensor:
+        """Per-block intervals [nb] -> per-row scale [out, 1] float32."""
+        return delta.float().repeat_interleave(self.W.shape[0] // self.nb).reshape(-1, 1)
+
+    def quant_w(self, delta: torch.Tensor) -> torch.Tensor:
+        s = self.row_scale(delta)
+        return dequantize(quantize(self.W, s, None, self.w_spec), s, None)
+
+    def quant_x(self, a_delta: float | None) -> torch.Tensor:
+        if self.act is None:
+            return self.X
+        if self.act == "dynamic":
+            return fake_quantize(self.X, self.act_spec)
+        s = torch.tensor([[a_delta]], dtype=torch.float32)
+        if self.act == "twin":
+            return twin_fake_quantize(self.X, s, self.neg_scale, self.act_spec.bits)
+        return fake_quantize(self.X, self.act_spec, scale=s)
+
+    def block_err(self, Xq: torch.Tensor, Wq: torch.Tensor) -> torch.Tensor:
+        """err per weight row block [nb] (mean over tokens and the block's output columns)."""
+        E = (self.O - torch.nn.functional.linear(Xq, Wq, self.b)).pow_(2)
+        if self.G2 is not None:
+            E.mul_(self.G2)
+        return E.mean(dim=0).double().reshape(self.nb, -1).mean(dim=1)
+
+    # search -----------------------------------------------------------------------------------
+    def _solve(
+        self, fn, nb: int, solver: str, variant: str, check: bool
+    ) -> tuple[torch.Tensor, int, float | None]:
+        """(best index [nb], evaluations, gap) for one search; gap = err(found) / err(exhaustive optimum) - 1
+        of the layer objective (mean over blocks) when `check` (the check's evaluations are not counted)."""
+        obj = GridObjective(fn, nb, len(self.alphas))
+        idx = solve(obj, solver, variant, self.refine)
+        gap = None
+        if check:
+            ref = GridObjective(fn, nb, len(self.alphas))
+            best = exhaustive_search(ref)
+            rows = torch.arange(nb)
+            found, opt = float(ref.cache[rows, idx].mean()), float(ref.cache[rows, best].mean())
+            gap = found / opt - 1 if opt > 0 else (0.0 if found == 0 else math.inf)
+        return idx, obj.evals, gap
+
+    def run(
+        self, w_solver: str, a_solver: str, rounds: int, variant: str, check: bool = False
+    ) -> LinearSearchResult:
+        w_delta = self.w_base.clone()
+        searched_a = self.act in ("static", "twin")
+        a_delta = self.a_base if searched_a else None
+        init = float(self.block_err(self.quant_x(a_delta), self.quant_w(w_delta)).mean())
+        w_idx = a_idx = None
+        w_evals = a_evals = 0
+        gaps: dict[str, float] = {}
+        for _ in range(rounds):
+            Xq = self.quant_x(a_delta)
+            w_idx, n, gap = self._solve(
+                lambda idx, Xq=Xq: self.block_err(Xq, self.quant_w(self.alphas[idx] * self.w_base)),
+                self.nb,
+                w_solver,
+                variant,
+                check,
+            )
+            w_evals += n
+            if gap is not None:
+                gaps["w_gap"] = max(gaps.get("w_gap", -math.inf), gap)
+            w_delta = self.alphas[w_idx] * self.w_base
+            if searched_a:
+                Wq = self.quant_w(w_delta)
+                a_idx, n, gap = self._solve(
+                    lambda idx, Wq=Wq: self.block_err(
+                        self.quant_x(float(self.alphas[idx[0]] * self.a_base)), Wq
+                    ).mean(),
+                    1,
+                    a_solver,
+                    variant,
+                    check,
+                )
+                a_evals += n
+                if gap is not None:
+                    gaps["a_gap"] = max(gaps.get("a_gap", -math.inf), gap)
+                a_delta = float(self.alphas[a_idx[0]] * self.a_base)
+        final = float(self.block_err(self.quant_x(a_delta), self.quant_w(w_delta)).mean())
+        return LinearSearchResult(
+            w_scale=self.row_scale(w_delta),
+            a_scale=a_delta,
+            w_alpha=[float(a) for a in self.alphas[w_idx]] if w_idx is not None else [],
+            a_alpha=float(self.alphas[a_idx[0]]) if a_idx is not None else None,
+            w_evals=w_evals,
+            a_evals=a_evals,
+            objective=final,
+            objective_init=init,
+            gaps=gaps,
+        )
+
+
+# ==================================================================================================
+# 3. Tail Relative Error and the low-rank closed-form compensation
+# ==================================================================================================
+
+
+def tail_relative_error(y: torch.Tensor, y_hat: torch.Tensor, rho: float, eps: float = 1e-12) -> float:
+    """TRE = sum_{i in topK} (y_i - y_hat_i)^2 / (sum_{i in topK} y_i^2 + eps), topK = the K = max(1,
+    floor(rho * numel)) elements of largest |y| (y: FP output, any shape; y_hat: same shape)."""
+    yf = y.detach().reshape(-1).double()
+    k = max(1, int(math.floor(rho * yf.numel())))
+    idx = torch.topk(yf.abs(), k, sorted=False).indices
+    top = yf[idx]
+    err = (top - y_hat.detach().reshape(-1).double()[idx]).pow(2).sum()
+    return float(err / (top.pow(2).sum() + eps))
+
+
+class LeastSquaresFit:
+    """Streaming closed-form OLS of targets d [n, out] on [x, 1] (x [n, in]) via the normal equations (float64).
+
+    solve() -> (W [in, out], b [out], r2): [W; b] = (X1^T X1 + lam I)^-1 X1^T D with lam = ridge * mean(diag),
+    r2 = 1 - SS_res / SS_tot (over all target entries, SS_tot around the per-column mean).
+    """
+
+    def __init__(self, in_features: int, out_features: int):
+        self.XtX = torch.zeros(in_features + 1, in_features + 1, dtype=torch.float64)
+        self.XtD = torch.zeros(in_features + 1, out_features, dtype=torch.float64)
+        self.dsum = torch.zeros(out_features, dtype=torch.float64)
+        self.dsq = 0.0
+        self.n = 0
+
+    def add(self, x: torch.Tensor, d: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).double()
+        d = d.detach().reshape(-1, d.shape[-1]).double()
+        x1 = torch.cat([x, torch.ones(x.shape[0], 1, dtype=torch.float64)], dim=1)
+        self.XtX += x1.T @ x1
+        self.XtD += x1.T @ d
+        self.dsum += d.sum(dim=0)
+        self.dsq += float(d.pow(2).sum())
+        self.n += x.shape[0]
+
+    def solve(self, ridge: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor, float]:
+        A = self.XtX.clone()
+        lam = ridge * float(torch.diagonal(A).mean()) if ridge > 0 else 0.0
+        A.diagonal().add_(lam)
+        try:
+            sol = torch.cholesky_solve(self.XtD, torch.linalg.cholesky(A))
+        except torch.linalg.LinAlgError:
+            sol = torch.linalg.lstsq(A, self.XtD).solution
+        ss_res = self.dsq - 2 * float((sol * self.XtD).sum()) + float((sol * (self.XtX @ sol)).sum())
+        ss_tot = self.dsq - float(self.dsum.pow(2).sum()) / max(self.n, 1)
+        r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 0.0
+        return sol[:-1], sol[-1], r2
+
+
+def low_rank_factors(W: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best rank-r factorisation of W [in, out] (truncated SVD): A = U_r sqrt(S_r) [in, r], B = sqrt(S_r) V_r^T
+    [r, out], so A @ B is the Eckart-Young optimum in Frobenius norm."""
+    U, S, Vh = torch.linalg.svd(W.double(), full_matrices=False)
+    r = max(1, min(int(rank), S.numel()))
+    root = S[:r].sqrt()
+    return U[:, :r] * root, root[:, None] * Vh[:r]
+
+
+class LowRankCompensation(nn.Module):
+    """c(x) = x A B + bias: x [..., in] -> [..., out]; A [in, r], B [r, out], bias [out] (float32 buffers).
+
+    Attached to a sub-module as child `taptq_comp` with a forward hook (attach_compensation), so the
+    sub-module's output becomes module(x) + c(x) with x its first positional input.
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int):
+        super().__init__()
+        self.in_features, self.out_features, self.rank = int(in_features), int(out_features), int(rank)
+        self.register_buffer("A", torch.zeros(in_features, rank))
+        self.register_buffer("B", torch.zeros(rank, out_features))
+        self.register_buffer("bias", torch.zeros(out_features))
+
+    @classmethod
+    def from_factors(cls, A: torch.Tensor, B: torch.Tensor, bias: torch.Tensor) -> LowRankCompensation:
+        m = cls(A.shape[0], B.shape[1], A.shape[1])
+        m.A.copy_(A.float())
+        m.B.copy_(B.float())
+        m.bias.copy_(bias.float())
+        return m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x.float() @ self.A) @ self.B + self.bias).to(x.dtype)
+
+    def hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return output + self(args[0])
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "kind": "taptq_lowrank",
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "rank": self.rank,
+        }
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> LowRankCompensation:
+        return cls(cfg["in_features"], cfg["out_features"], cfg["rank"])
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, rank={self.rank}"
+
+
+def attach_compensation(module: nn.Module, comp: LowRankCompensation) -> None:
+    """Add `comp` as child `taptq_comp` of `module` and hook it onto module's output (replacing an old one)."""
+    detach_compensation(module)
+    module.add_module(COMP_CHILD, comp)
+    module.register_forward_hook(comp.hook)
+
+
+def detach_compensation(module: nn.Module) -> None:
+    """Remove a compensation attached by attach_compensation (hook and child), if any."""
+    for key, fn in list(module._forward_hooks.items()):
+        if isinstance(getattr(fn, "__self__", None), LowRankCompensation):
+            del module._forward_hooks[key]
+    if COMP_CHILD in module._modules:
+        del module._modules[COMP_CHILD]
+
+
+def rebuild_taptq_modules(root: nn.Module, doc: dict[str, Any]) -> int:
+    """Re-create TAPTQ's non-QuantLinear state in a model rebuilt from a save_quantized manifest `doc`, before
+    load_state_dict: TwinQuantLinear at sites whose layer config has act_quantizer "twin_posgelu", and the
+    compensation children/hooks listed in doc["stats"]["blocks"][i]["taptq_comp"] ({unit path: config}).
+    Returns the number of modules rebuilt.
+
+    Core hook this needs (ptq3d.methods.api.load_quantized, just before load_state_dict):
+        rebuild = getattr(get_method(doc["method"]).fn, "rebuild_modules", None)
+        if rebuild is not None: rebuild(model.module, doc)
+    """
+    n = 0
+    for site, entry in doc.get("sites", {}).items():
+        cfg = entry.get("layer", {})
+        if cfg.get("act_quantizer") == "twin_posgelu":
+            replace_module(root, site, TwinQuantLinear.from_config(cfg))
+            n += 1
+    for rec in doc.get("stats", {}).get("blocks", []):
+        for path, cfg in (rec.get("taptq_comp") or {}).items():
+            attach_compensation(root.get_submodule(path), LowRankCompensation.from_config(cfg))
+            n += 1
+    return n
+
+
+# ==================================================================================================
+# The method
+# ==================================================================================================
+
+
+@dataclass
+class TAPTQConfig(MethodConfig):
+    """TAPTQ options (defaults: paper / bolli03/TAPTQ; see the module docstring).
+
+    act_static: static per-tensor activations (TAPTQ's format; False keeps the scheme's dynamic quantizer and
+        searches weights only).
+    weight_granularity: "tensor" (qkv_splits row blocks for `qkv_name`, one interval each for q, k, v) or
+        "channel" (one interval per output channel). The scheme contributes only the bit widths.
+    twin_sites: linears (relative names in a block) whose input gets the twin-uniform post-GELU quantizer;
+        twin_neg_range: the fixed negative range (GELU minimum), interval twin_neg_range / 2^(b-1).
+    metric: "hessian" (g = dL/dO of the FP model's GT depth loss) or "mse".
+    eq_alpha, eq_beta, eq_n: candidate grid alpha = linspace(eq_alpha, eq_beta, eq_n + 1) times Delta0.
+    w_solver, a_solver: "ternary" or "exhaustive"; ternary_variant: "textbook" or "code" (repo's variant);
+        ternary_refine: local scan radius after the textbook ternary search (0 = none).
+    search_rounds: alternating weight/activation rounds. check_solver: also run the exhaustive search on every
+        objective and record the relative gap of the found interval (stats w_gap / a_gap; not counted in
+        w_evals / a_evals; for solver studies). max_tokens: token subsample per layer for the search.
+    compensation: TRE-gated low-rank compensation; rho (tail fraction), tau (TRE gate), rank (r), ridge
+        (relative damping of the normal equations); comp_units: sub-module -> its LayerScale (relative names).
+    seed: token subsampling seed.
+    """
+
+    act_static: bool = True
+    weight_granularity: str = "tensor"
+    qkv_name: str = "attn.qkv"
+    qkv_splits: int = 3
+    twin_sites: tuple[str, ...] = ("mlp.fc2",)
+    twin_neg_range: float = 0.16997
+    metric: str = "hessian"
+    eq_alpha: float = 0.01
+    eq_beta: float = 2.0
+    eq_n: int = 100
+    w_solver: str = "ternary"
+    a_solver: str = "ternary"
+    ternary_variant: str = "textbook"
+    ternary_refine: int = 3
+    search_rounds: int = 2
+    check_solver: bool = False
+    max_tokens: int = 4096
+    compensation: bool = True
+    rho: float = 0.01
+    tau: float = 0.007
+    rank: int = 16
+    ridge: float = 1e-6
+    comp_units: dict[str, str] = field(default_factory=lambda: {"attn": "ls1", "mlp": "ls2"})
+    seed: int = 0
+
+    def validate(self) -> None:
+        checks = [
+            (self.weight_granularity in ("tensor", "channel"), "weight_granularity", "tensor or channel"),
+            (self.metric in METRICS, "metric", " or ".join(METRICS)),
+            (self.w_solver in SOLVERS, "w_solver", " or ".join(SOLVERS)),
+            (self.a_solver in SOLVERS, "a_solver", " or ".join(SOLVERS)),
+            (self.ternary_variant in TERNARY_VARIANTS, "ternary_variant", " or ".join(TERNARY_VARIANTS)),
+            (0 < self.eq_alpha < self.eq_beta, "eq_alpha/eq_beta", "0 < eq_alpha < eq_beta"),
+            (self.eq_n >= 2, "eq_n", ">= 2"),
+            (self.search_rounds >= 1, "search_rounds", ">= 1"),
+            (self.ternary_refine >= 0, "ternary_refine", ">= 0"),
+            (self.max_tokens >= 1, "max_tokens", ">= 1"),
+            (0 < self.rho <= 1, "rho", "in (0, 1]"),
+            (self.rank >= 1, "rank", ">= 1"),
+            (self.qkv_splits >= 1, "qkv_splits", ">= 1"),
+        ]
+        for ok, key, want in checks:
+            if not ok:
+                raise ConfigError(
+                    f"taptq config '{key}' = {getattr(self, key.split('/')[0])!r}: must be {want}"
+                )
+
+    def alphas(self) -> torch.Tensor:
+        return torch.linspace(self.eq_alpha, self.eq_beta, self.eq_n + 1, dtype=torch.float64)
+
+
+def gt_depth_loss(depth: torch.Tensor, sample) -> torch.Tensor:
+    """Scale-aligned L1 depth loss of predicted depth [1, S, H, W] against sample.depth [S, H, W] on valid
+    pixels: s = <d, t> / <d, d> (detached least-squares scale), L = mean|s d - t| / mean t."""
+    gt = sample.depth.float()
+    valid = sample.valid_mask & (gt > 0)
+    name = sample.meta.get("scene", "?")
+    if depth.shape[1:] != gt.shape:
+        raise ConfigError(
+            f"taptq metric 'hessian': predicted depth {tuple(depth.shape[1:])} != GT depth {tuple(gt.shape)} (scene {name})"
+        )
+    if not bool(valid.any()):
+        raise ConfigError(
+            f"taptq metric 'hessian' needs GT depth, but calibration scene '{name}' has no valid depth pixel "
+            "(use metric=mse or calibrate on scenes with depth)"
+        )
+    d, t = depth[0][valid], gt[valid]
+    s = (d.detach() * t).sum() / d.detach().pow(2).sum().clamp_min(1e-12)
+    return (s * d - t).abs().mean() / t.mean()
+
+
+class _TokenSampler:
+    """Fixed token subsample per (calibration sample, token count): about max_tokens / num_samples rows each."""
+
+    def __init__(self, max_tokens: int, num_samples: int, seed: int):
+        self.per_sample = max(1, math.ceil(max_tokens / max(num_samples, 1)))
+        self.seed = seed
+        self._cache: dict[tuple[int, int], torch.Tensor | None] = {}
+
+    def __call__(self, i: int, n: int) -> torch.Tensor | None:
+        key = (i, n)
+        if key not in self._cache:
+            if n <= self.per_sample:
+                self._cache[key] = None
+            else:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+                self._cache[key] = torch.randperm(n, generator=g)[: self.per_sample].sort().values
+        return self._cache[key]
+
+    def take(self, i: int, t: torch.Tensor) -> torch.Tensor:
+        t2 = t.detach().reshape(-1, t.shape[-1])
+        idx = self(i, t2.shape[0])
+        return t2 if idx is None else t2[idx]
+
+
+def capture_output_grads(
+    model, calibration, sites: dict[str, nn.Linear], sampler: _TokenSampler
+) -> dict[str, torch.Tensor]:
+    """dL/dO for every site's output [tokens, out] (token subsample, samples concatenated), L = gt_depth_loss of
+    the FP model; one forward/backward per calibration scene."""
+    buf: dict[str, list[torch.Tensor]] = {}
+    grads: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
+
+    def make_hook(site):
+        def fwd_hook(_m, _a, out):
+            if out.requires_grad:
+                out.register_hook(lambda g: buf[site].append(g.detach()))
+
+        return fwd_hook
+
+    handles = [lin.register_forward_hook(make_hook(s)) for s, lin in sites.items()]
+    params = [p for p in model.module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        for i, s in enumerate(calibration.samples):
+            buf.clear()
+            buf.update({site: [] for site in sites})
+            images = s.images.unsqueeze(0).float().requires_grad_(True)
+            with torch.enable_grad():
+                loss = gt_depth_loss(model.task_outputs(images)["depth"], s)
+                loss.backward()
+            for site in sites:
+                if len(buf[site]) != 1:
+                    raise ConfigError(
+                        f"taptq: site {site} ran {len(buf[site])} times in one forward (expected 1)"
+                    )
+                grads[site].append(sampler.take(i, buf[site][0]))
+    finally:
+        for h in handles:
+            h.remove()
+        for p in params:
+            p.requires_grad_(True)
+    return {k: torch.cat(v) for k, v in grads.items()}
+
+
+class _StopForward(Exception):
+    pass
+
+
+def _capture_calls(bd: BlockData, rel: str) -> list[tuple[tuple, dict]]:
+    """(args, kwargs) of sub-module `rel` for every sample, running the block (as it is now) on bd.inputs."""
+    calls: list[tuple[tuple, dict]] = []
+
+    def pre(_m, args, kwargs):
+        calls.append((args, kwargs))
+        raise _StopForward
+
+    h = bd.module(rel).register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            for x, c in zip(bd.inputs, bd.contexts, strict=True):
+                with contextlib.suppress(_StopForward):
+                    bd.block.forward(x, c)
+    finally:
+        h.remove()
+    if len(calls) != len(bd.inputs):
+        raise ConfigError(f"taptq: sub-module {bd.site(rel)} was not reached in the block forward")
+    return calls
+
+
+class _FPLinears:
+    """Context manager swapping the FP nn.Linears back in place of the QuantLinears under `prefix`."""
+
+    def __init__(self, block: nn.Module, fp: dict[str, nn.Linear], prefix: str):
+        self.block = block
+        self.items = {r: m for r, m in fp.items() if r.startswith(prefix + ".")}
+        self.saved: dict[str, nn.Module] = {}
+
+    def __enter__(self):
+        for rel, lin in self.items.items():
+            self.saved[rel] = replace_module(self.block, rel, lin)
+
+    def __exit__(self, *exc):
+        for rel, q in self.saved.items():
+            replace_module(self.block, rel, q)
+
+
+class TAPTQ:
+    """State of one TAPTQ run over the block loop (FP trajectory, gradients, per-block compensation records)."""
+
+    def __init__(self, model, calibration, scheme, config: TAPTQConfig, ctx):
+        self.model, self.calibration, self.scheme, self.cfg, self.ctx = (
+            model,
+            calibration,
+            scheme,
+            config,
+            ctx,
+        )
+        self.alphas = config.alphas()
+        self.sampler = _TokenSampler(config.max_tokens, len(calibration), config.seed)
+        self.fp_inputs: list[torch.Tensor] | None = None
+        self.grads: dict[str, torch.Tensor] = {}
+        self.comp_records: dict[str, dict[str, Any]] = {}
+        if not scheme.weight.symmetric:
+            raise ConfigError(
+                f"taptq: scheme '{scheme.name}' has asymmetric weights; TAPTQ's quantizers are symmetric"
+            )
+        act = scheme.act
+        if act is None:
+            self.act_mode = None
+        elif act.dynamic:
+            self.act_mode = "dynamic"
+        elif act.granularity == "tensor" and act.symmetric:
+            self.act_mode = "static"
+        else:
+            raise ConfigError(
+                f"taptq: activation spec {act.describe()} unsupported (static per-tensor symmetric or dynamic)"
+            )
+
+    # ---------------------------------------------------------------------------------------------
+    def run(self) -> None:
+        if self.cfg.metric == "hessian":
+            t0 = time.perf_counter()
+            self.grads = capture_output_grads(self.model, self.calibration, self.ctx.sites(), self.sampler)
+            self.grad_time_s = time.perf_counter() - t0
+        self.ctx.blockwise(self.calibration, self.calibrate_block, propagate="quantized")
+        for rec in self.ctx.stats.blocks:
+            extra = self.comp_records.get(rec["name"])
+            if extra:
+                rec.update(extra)
+
+    def calibrate_block(self, bd: BlockData) -> None:
+        fp_in = bd.inputs if self.fp_inputs is None else self.fp_inputs
+        fp_bd = BlockData(bd.block, bd.index, fp_in, bd.contexts, [], bd.ctx)
+        lins = bd.linears()
+        data = self._collect(fp_bd, lins)
+        self.fp_inputs = fp_bd.run()  # FP trajectory: every module FP (the repo's sequential=False)
+        for rel, lin in lins.items():
+            site = bd.site(rel)
+            with self.ctx.timed(site):
+                ql, res = self.quantize_linear(site, rel, lin, data[rel])
+            bd.replace(rel, ql)
+            self.ctx.stats.layer(
+                site,
+                w_alpha=res.w_alpha[0] if len(res.w_alpha) == 1 else res.w_alpha,
+                a_alpha=res.a_alpha,
+                w_evals=res.w_evals,
+                a_evals=res.a_evals,
+                objective=res.objective,
+                objective_init=res.objective_init,
+                **res.gaps,
+                act_quantizer="twin_posgelu"
+                if isinstance(ql, TwinQuantLinear)
+                else ("fp" if ql.act_spec is None else ql.act_spec.describe()),
+            )
+        if self.cfg.compensation:
+            self.compensate_block(bd, lins)
+
+    def _collect(self, fp_bd: BlockData, lins: dict[str, nn.Linear]) -> dict[str, dict[str, Any]]:
+        data = {rel: {"x": [], "amax": 0.0, "pmax": 0.0, "i": 0} for rel in lins}
+
+        def obs(rel, x):
+            d = data[rel]
+            d["x"].append(self.sampler.take(d["i"], x).float())
+            d["amax"] = max(d["amax"], float(x.detach().abs().max()))
+            d["pmax"] = max(d["pmax"], float(x.detach().max()))
+            d["i"] += 1
+
+        fp_bd.collect(obs, list(lins))
+        return data
+
+    def quantize_linear(
+        self, site: str, rel: str, lin: nn.Linear, d: dict[str, Any]
+    ) -> tuple[QuantLinear, LinearSearchResult]:
+        cfg, scheme = self.cfg, self.scheme
+        X = torch.cat(d["x"])
+        W = lin.weight.detach().float()
+        if cfg.weight_granularity == "channel":
+            nb = W.shape[0]
+        else:
+            nb = cfg.qkv_splits if rel == cfg.qkv_name else 1
+        act = self.act_mode
+        twin = act == "static" and rel in cfg.twin_sites
+        if twin:
+            act = "twin"
+        G2 = None
+        if cfg.metric == "hessian":
+            g = self.grads[site]
+            if g.shape != (X.shape[0], W.shape[0]):
+                raise ConfigError(
+                    f"taptq: gradient of {site} {tuple(g.shape)} does not match its inputs {tuple(X.shape)}"
+                )
+            G2 = g.float().pow(2)
+        search = IntervalSearch(
+            X,
+            W,
+            None if lin.bias is None else lin.bias.detach(),
+            G2,
+            scheme.weight.bits,
+            nb,
+            act,
+            scheme.act,
+            d["pmax"] if twin else d["amax"],
+            self.alphas,
+            cfg.twin_neg_range,
+            cfg.ternary_refine,
+        )
+        res = search.run(cfg.w_solver, cfg.a_solver, cfg.search_rounds, cfg.ternary_variant, cfg.check_solver)
+        per_tensor = nb == 1
+        wspec = QuantSpec(scheme.weight.bits, "tensor" if per_tensor else "channel")
+        cls = TwinQuantLinear if twin else QuantLinear
+        ql = cls(lin.in_features, lin.out_features, wspec, scheme.act, bias=lin.bias is not None)
+        scale = res.w_scale[:1] if per_tensor else res.w_scale
+        ql.set_weight(quantize(W, scale, None, wspec), scale, None)
+        if lin.bias is not None:
+            ql.bias.copy_(lin.bias.detach().float())
+        if res.a_scale is not None:
+            ql.act_scale.fill_(res.a_scale)
+        if twin:
+            ql.act_neg_scale.copy_(search.neg_scale)
+        return ql, res
+
+    # ---------------------------------------------------------------------------------------------
+    def compensate_block(self, bd: BlockData, fp_lins: dict[str, nn.Linear]) -> None:
+        cfg = self.cfg
+        rec: dict[str, Any] = {"taptq_comp": {}}
+        for unit, ls_name in cfg.comp_units.items():
+            try:
+                sub = bd.module(unit)
+            except AttributeError:
+                continue
+            ls = bd.module(ls_name) if _has(bd.block.module, ls_name) else nn.Identity()
+            calls = _capture_calls(bd, unit)
+            with torch.no_grad():
+                y_q = [ls(sub(*a, **k)) for a, k in calls]
+                with _FPLinears(bd.block.module, fp_lins, unit):
+                    y_fp = [ls(sub(*a, **k)) for a, k in calls]
+            yf, yq = torch.cat([y.flatten() for y in y_fp]), torch.cat([y.flatten() for y in y_q])
+            tre = tail_relative_error(yf, yq, cfg.rho)
+            fit = LeastSquaresFit(calls[0][0][0].shape[-1], y_fp[0].shape[-1])
+            for (a, _k), f, q in zip(calls, y_fp, y_q, strict=True):
+                fit.add(a[0], f - q)
+            W, b, r2 = fit.solve(cfg.ridge)
+            on = tre >= cfg.tau and r2 > 0
+            tre_after = tre
+            if on:
+                A, B = low_rank_factors(W, cfg.rank)
+                gamma = _gamma(ls, B.shape[1])
+                inv = torch.where(gamma.abs() > 1e-12, 1.0 / gamma, torch.zeros_like(gamma))
+                comp = LowRankCompensation.from_factors(A, B * inv, b * inv)
+                attach_compensation(sub, comp)
+                rec["taptq_comp"][bd.site(unit)] = comp.config()
+                with torch.no_grad():
+                    y_c = [ls(sub(*a, **k)) for a, k in calls]
+                tre_after = tail_relative_error(yf, torch.cat([y.flatten() for y in y_c]), cfg.rho)
+            rec[f"{unit}_tre"] = tre
+            rec[f"{unit}_tre_after"] = tre_after
+            rec[f"{unit}_r2"] = r2
+            rec[f"{unit}_comp_rank"] = min(cfg.rank, *W.shape) if on else 0
+        self.comp_records[bd.block.name] = rec
+
+
+def _has(root: nn.Module, rel: str) -> bool:
+    try:
+        root.get_submodule(rel)
+        return True
+    except AttributeError:
+        return False
+
+
+def _gamma(ls: nn.Module, width: int) -> torch.Tensor:
+    """LayerScale gamma [width] float64 (ones for Identity)."""
+    if isinstance(ls, nn.Identity):
+        return torch.ones(width, dtype=torch.float64)
+    g = getattr(ls, "gamma", None)
+    if not isinstance(g, torch.Tensor) or g.numel() != width:
+        raise ConfigError(f"taptq compensation: cannot invert the unit's output scale {type(ls).__name__}")
+    return g.detach().double().reshape(-1)
+
+
+@register_method("taptq", config=TAPTQConfig, requires_calibration="always", propagate="quantized")
+def quantize_taptq(model, calibration, scheme, config: TAPTQConfig, ctx) -> None:
+    """TAPTQ: PTQ4ViT interval search by ternary search + TRE-gated low-rank compensation."""
+    config.validate()
+    TAPTQ(model, calibration, scheme, config, ctx).run()
+
+
+quantize_taptq.rebuild_modules = rebuild_taptq_modules
+
+
+def search_counts(stats, sites: Sequence[str] | None = None) -> dict[str, int]:
+    """Total objective evaluations of a run: {"w_evals", "a_evals", "evals"} over `sites` (default all)."""
+    layers = stats.layers if sites is None else {s: stats.layers[s] for s in sites}
+    w = sum(int(r.get("w_evals", 0)) for r in layers.values())
+    a = sum(int(r.get("a_evals", 0)) for r in layers.values())
+    return {"w_evals": w, "a_evals": a, "evals": w + a}
+
+
+import ptq3d.methods.taptq_calib  # noqa: E402,F401  (registers the "taptq" calibration builder)
