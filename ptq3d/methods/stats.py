@@ -71,10 +71,22 @@ def _finite(v: Any) -> Any:
     return v
 
 
+def _jsonable(v: Any) -> Any:
+    """Nested dicts/lists of numbers and strings with non-finite floats as strings (as _finite does)."""
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if hasattr(v, "tolist"):  # numpy / torch scalars and arrays
+        return _jsonable(v.tolist())
+    return _finite(v)
+
+
 @dataclass
 class CalibrationStats:
     """What one quantize_model call measured. layers: name -> record (sqnr_db, rel_mse, time_s, ...);
-    blocks: list of records (name, kind, sqnr_db, rel_mse) in execution order."""
+    blocks: list of records (name, kind, sqnr_db, rel_mse) in execution order; extra: method-specific,
+    JSON-serialisable summaries (e.g. FGQ's Fisher statistics and the Fisher pass's own cost)."""
 
     wall_time_s: float = 0.0
     peak_rss_bytes: int = 0
@@ -83,6 +95,7 @@ class CalibrationStats:
     num_calibration_samples: int = 0
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)
     blocks: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def layer(self, name: str, **fields: Any) -> None:
         """Merge fields into the record of layer `name`; numeric fields named *time_s accumulate."""
@@ -102,6 +115,7 @@ class CalibrationStats:
             "num_calibration_samples": self.num_calibration_samples,
             "layers": {n: {k: _finite(v) for k, v in r.items()} for n, r in self.layers.items()},
             "blocks": [{k: _finite(v) for k, v in r.items()} for r in self.blocks],
+            "extra": _jsonable(self.extra),
         }
 
     @classmethod
@@ -117,4 +131,5 @@ class CalibrationStats:
             num_calibration_samples=d.get("num_calibration_samples", 0),
             layers={n: {k: back(v) for k, v in r.items()} for n, r in d.get("layers", {}).items()},
             blocks=[{k: back(v) for k, v in r.items()} for r in d.get("blocks", [])],
+            extra=dict(d.get("extra", {})),
         )
