@@ -494,6 +494,18 @@ def _published() -> list[Protocol]:
             source="ptq3d.datasets.synthetic",
         ),  # fmt: skip
         Protocol(
+            name="synthetic-heldout-112",
+            version=1,
+            dataset="synthetic",
+            sampling="all",
+            resolution=112,
+            preprocessing="crop",
+            options=(("num_scenes", 32), ("num_frames", 8), ("height", 112), ("width", 112)),
+            description="32 held-out synthetic scenes (seeds 1e9 + i, never used for training), 8 ordered views on "
+            "a 90-degree orbit at 112x112, the resolution of the bundled vggt-tiny-synthetic model",
+            source="ptq3d.datasets.synthetic; ptq3d.harness.train_tiny",
+        ),  # fmt: skip
+        Protocol(
             name="synthetic-calib",
             version=1,
             dataset="synthetic",
@@ -504,6 +516,19 @@ def _published() -> list[Protocol]:
             options=(("num_frames", 4), ("height", 56), ("width", 56)),
             description="16 synthetic calibration scenes (training-range seeds 101-116), 4 views at 56x56; "
             "disjoint from the held-out evaluation scenes",
+            source="ptq3d.datasets.synthetic",
+        ),  # fmt: skip
+        Protocol(
+            name="synthetic-calib-112",
+            version=1,
+            dataset="synthetic",
+            scenes=tuple(f"seed-{s}" for s in range(101, 117)),
+            sampling="all",
+            resolution=112,
+            preprocessing="crop",
+            options=(("num_frames", 4), ("height", 112), ("width", 112)),
+            description="16 synthetic calibration scenes (training-range seeds 101-116), 4 views at 112x112 (the "
+            "bundled model's resolution); disjoint from the held-out evaluation scenes",
             source="ptq3d.datasets.synthetic",
         ),  # fmt: skip
     ]

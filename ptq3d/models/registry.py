@@ -36,6 +36,7 @@ class ModelSpec:
     description: str = ""
     default_weights: Path | None = None
     placeholder: bool = False  # a lazy entry that a real registration may replace
+    post_load: Callable[[GeometryModel], None] | None = None  # applied after the weights (e.g. outlier injection)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -50,6 +51,7 @@ def register_model(
     default_weights: str | Path | None = None,
     overwrite: bool = False,
     placeholder: bool = False,
+    post_load: Callable[[GeometryModel], None] | None = None,
 ) -> None:
     """Make `name` loadable by load_model. Re-registering a name raises unless overwrite=True (placeholders,
     such as the lazy Pi3 entries, may always be replaced)."""
@@ -63,6 +65,7 @@ def register_model(
         description,
         Path(default_weights) if default_weights else None,
         placeholder,
+        post_load,
     )
     _param_count.cache_clear()
 
@@ -140,6 +143,27 @@ def _register_builtins() -> None:
         description="Tiny VGGT of the reference goldens (ViT-S/14 x2, 2 aggregator pairs at 384). For "
         "conformance tests, not for judging quantization.",
     )
+    from ptq3d.models.bundled import VGGT_TINY_SYNTHETIC_WEIGHTS, vggt_tiny_synthetic_config
+
+    register_model(
+        "vggt-tiny-synthetic",
+        _vggt_builder(vggt_tiny_synthetic_config, "vggt-tiny-synthetic"),
+        family="vggt",
+        description="The bundled default model: tiny VGGT (112x112, width 128) trained on synthetic scenes by "
+        "`ptq3d train-tiny`; model card in ptq3d/models/bundled/README.md.",
+        default_weights=VGGT_TINY_SYNTHETIC_WEIGHTS,
+    )
+    from ptq3d.models.bundled.outliers import inject_channel_outliers
+
+    register_model(
+        "vggt-tiny-synthetic-outliers",
+        _vggt_builder(vggt_tiny_synthetic_config, "vggt-tiny-synthetic-outliers"),
+        family="vggt",
+        description="vggt-tiny-synthetic with function-preserving outlier channels (20-60x, 2 per site) moved into "
+        "the qkv/fc1/proj inputs, as VGGT-1B has; same predictions. The default benchmark's model.",
+        default_weights=VGGT_TINY_SYNTHETIC_WEIGHTS,
+        post_load=lambda model: inject_channel_outliers(model),
+    )
     register_model(
         "pi3",
         _pi3_builder("pi3"),
@@ -216,6 +240,8 @@ def load_model(
         with device:
             model = spec.builder()
         model.load_report = None
+        if spec.post_load is not None:
+            spec.post_load(model)
         return model.eval()
     state = read_state_dict(weights)
     with torch.device("meta"):
@@ -232,6 +258,8 @@ def load_model(
     report: LoadReport = apply_state_dict(module, state, str(weights), prefixes)
     report.filled = filled
     model.load_report = report
+    if spec.post_load is not None:
+        spec.post_load(model)
     return model.eval()
 
 

@@ -1,0 +1,726 @@
+"""Training of the bundled default model `vggt-tiny-synthetic` (a tiny VGGT, same architecture code as VGGT-1B)
+on procedurally generated multi-view scenes, and its held-out evaluation.
+
+Data: a pool of scenes from `ptq3d.datasets.synthetic` with TRAINING seeds only (seed = `pool_seed_base + i`,
+inside `TRAIN_SEEDS`), each with `pool_frames` views and its own randomised camera / scene configuration. A step
+draws B scenes and S views of each (random subset, sorted along the path or shuffled; the first view is the
+reference), with a per-view colour jitter.
+
+Ground truth is normalised as VGGT does (training/train_utils/normalization.py): everything is expressed in the
+first camera's frame and divided by the average distance of the valid world points to that camera, so the
+model predicts scale-normalised depth, points and translations.
+
+Losses (VGGT paper section 3.3, our own formulation):
+- camera: L1 on the pose encoding absT_quaR_FoV, over the camera head's refinement iterations weighted by
+  gamma^(n-1-k) (gamma = 0.6, normalised to sum 1); FoV terms weighted 0.5.
+- depth / points: aleatoric confidence regression, mean over valid pixels of conf * |pred - gt| - alpha log conf
+  (|.| = Euclidean norm over channels), plus the same conf-weighted term on first differences along x and y
+  (the gradient term).
+Optimiser: AdamW (betas 0.9 / 0.95, weight decay 0.05 on matrices only), linear warm-up then cosine decay,
+gradient clipping at 1. Seeded (torch, numpy); runs in float32 on one CPU thread by default.
+
+Evaluation: `TINY_HELDOUT_PROTOCOL` ("synthetic-heldout-112"): held-out seeds (never used for training), the
+generator's default cameras (orbit over 90 degrees, 8 ordered views) and scenes, at the training resolution
+112 x 112. `evaluate` scores the FP model, the trivial predictors (`trivial_predictions`) and, where asked,
+a quantized copy, with the metrics' default AlignmentPolicy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ptq3d.datasets.base import SceneSample
+from ptq3d.datasets.protocols import get_protocol, load_protocol_scenes
+from ptq3d.datasets.synthetic import TRAIN_SEEDS, CameraConfig, SceneConfig, generate_scene, is_heldout_seed
+from ptq3d.errors import ConfigError
+from ptq3d.models.base import GeometryModel, Predictions
+from ptq3d.models.bundled import VGGT_TINY_SYNTHETIC_IMAGE_SIZE, vggt_tiny_synthetic_config
+from ptq3d.models.vggt import VGGT
+from ptq3d.models.vggt.pose import extri_intri_to_pose_encoding
+
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------------------------- protocol
+TINY_HELDOUT_PROTOCOL = get_protocol("synthetic-heldout-112")  # registered in ptq3d.datasets.protocols
+
+
+# ---------------------------------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. frames: (min, max) views per scene in a step; frames_per_step: B = max(1, this // S)
+    scenes per step; pool_*: the generated training scenes (pool_scenes scenes of pool_frames views)."""
+
+    steps: int = 3000
+    seed: int = 0
+    lr: float = 4e-4
+    min_lr_ratio: float = 0.02
+    warmup_steps: int = 150
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    frames: tuple[int, int] = (3, 8)
+    frames_per_step: int = 12
+    shuffle_prob: float = 0.3  # probability of shuffling the view order rather than keeping the path order
+    pool_scenes: int = 800
+    pool_frames: int = 12
+    pool_seed_base: int = 0
+    image_size: tuple[int, int] = VGGT_TINY_SYNTHETIC_IMAGE_SIZE
+    conf_alpha: float = 0.2
+    camera_gamma: float = 0.6
+    fov_weight: float = 0.5
+    grad_loss_weight: float = 1.0
+    camera_weight: float = 1.0
+    depth_weight: float = 1.0
+    point_weight: float = 1.0
+    colour_jitter: float = 0.15
+    threads: int = 1
+    log_every: int = 25
+    checkpoint_every_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ConfigError(f"train-tiny: steps must be >= 1, got {self.steps}")
+        lo, hi = self.frames
+        if not 2 <= lo <= hi <= self.pool_frames:
+            raise ConfigError(
+                f"train-tiny: frames {self.frames} must satisfy 2 <= min <= max <= {self.pool_frames}"
+            )
+        last = self.pool_seed_base + self.pool_scenes - 1
+        if self.pool_seed_base not in TRAIN_SEEDS or last not in TRAIN_SEEDS:
+            raise ConfigError(
+                f"train-tiny: pool seeds {self.pool_seed_base}..{last} leave the training seed range"
+            )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------- data
+def random_scene_configs(seed: int) -> tuple[CameraConfig, SceneConfig]:
+    """The randomised camera and scene configuration of training scene `seed` (its own random stream)."""
+    rng = np.random.default_rng([seed, 7])
+    d0 = rng.uniform(1.8, 2.8)
+    fov0 = rng.uniform(45.0, 70.0)
+    camera = CameraConfig(
+        mode="forward" if rng.random() < 0.2 else "orbit",
+        distance=(d0, d0 + rng.uniform(0.2, 1.0)),
+        azimuth_span_deg=float(rng.uniform(45.0, 150.0)),
+        elevation_deg=(float(rng.uniform(0.0, 15.0)), float(rng.uniform(25.0, 45.0))),
+        roll_deg=float(rng.uniform(0.0, 10.0)),
+        baseline=float(rng.uniform(0.5, 2.0)),
+        target_jitter=float(rng.uniform(0.1, 0.4)),
+        fov_deg=(fov0, fov0 + 15.0),
+    )
+    sides = ("ceiling", "+x", "-x", "+z", "-z")
+    open_sides = tuple(s for s in sides if rng.random() < 0.1)
+    scene = SceneConfig(
+        num_boxes=(0, int(rng.integers(1, 5))),
+        num_spheres=(0, int(rng.integers(1, 5))),
+        open_sides=open_sides,
+    )
+    return camera, scene
+
+
+def _generate_pool_scene(args: tuple[int, int, int, int]) -> dict[str, np.ndarray]:
+    seed, frames, height, width = args
+    camera, scene = random_scene_configs(seed)
+    s = generate_scene(seed, num_frames=frames, height=height, width=width, camera=camera, scene=scene)
+    return {
+        "images": np.clip(np.rint(s.images.numpy() * 255), 0, 255).astype(
+            np.uint8
+        ),  # as the protocols' uint8 I/O
+        "depth": s.depth.numpy(),
+        "intrinsics": s.intrinsics.numpy(),
+        "extrinsics": s.extrinsics.numpy(),
+    }
+
+
+@dataclass
+class ScenePool:
+    """Generated training scenes. images uint8 [N, F, 3, H, W]; depth float32 [N, F, H, W] (0 = invalid);
+    intrinsics [N, F, 3, 3]; extrinsics [N, F, 3, 4] (OpenCV camera-from-world, world = generator frame)."""
+
+    images: torch.Tensor
+    depth: torch.Tensor
+    intrinsics: torch.Tensor
+    extrinsics: torch.Tensor
+    seeds: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+def pool_key(cfg: TrainConfig) -> str:
+    spec = (cfg.pool_seed_base, cfg.pool_scenes, cfg.pool_frames, cfg.image_size, "v1")
+    return hashlib.sha256(repr(spec).encode()).hexdigest()[:12]
+
+
+def build_pool(cfg: TrainConfig, workers: int = 1, cache_dir: str | Path | None = None) -> ScenePool:
+    """Generate (or read from `cache_dir`) the training pool. Every seed is checked to be a training seed."""
+    from safetensors.torch import load_file, save_file
+
+    seeds = [cfg.pool_seed_base + i for i in range(cfg.pool_scenes)]
+    if any(is_heldout_seed(s) for s in seeds):  # __post_init__ guarantees this; kept as the contract's guard
+        raise ConfigError("train-tiny: a pool seed is a held-out seed")
+    cache = Path(cache_dir) / f"pool-{pool_key(cfg)}.safetensors" if cache_dir else None
+    if cache is not None and cache.is_file():
+        t = load_file(str(cache))
+        log.info("training pool read from %s", cache)
+        return ScenePool(t["images"], t["depth"], t["intrinsics"], t["extrinsics"], seeds)
+    H, W = cfg.image_size
+    jobs = [(s, cfg.pool_frames, H, W) for s in seeds]
+    t0 = time.perf_counter()
+    if workers > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(workers) as p:
+            rows = p.map(_generate_pool_scene, jobs, chunksize=8)
+    else:
+        rows = [_generate_pool_scene(j) for j in jobs]
+    pool = ScenePool(
+        *(
+            torch.from_numpy(np.stack([r[k] for r in rows]))
+            for k in ("images", "depth", "intrinsics", "extrinsics")
+        ),
+        seeds=seeds,
+    )
+    log.info("generated %d training scenes in %.0f s", len(seeds), time.perf_counter() - t0)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {"images": pool.images, "depth": pool.depth, "intrinsics": pool.intrinsics}
+        save_file({**tensors, "extrinsics": pool.extrinsics}, str(cache))
+    return pool
+
+
+def first_camera_normalisation(
+    depth: torch.Tensor, intrinsics: torch.Tensor, extrinsics: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """VGGT's GT normalisation for one batch.
+
+    depth [B, S, H, W] (0 = invalid), intrinsics [B, S, 3, 3] (pixel centres at +0.5), extrinsics [B, S, 3, 4]
+    camera-from-world. Returns, with world = the first camera and lengths divided by the per-scene average
+    distance of the valid points to that camera: depth [B, S, H, W], points [B, S, H, W, 3], valid [B, S, H, W],
+    extrinsics [B, S, 3, 4], pose_enc [B, S, 9] (absT_quaR_FoV), scale [B] (the divisor, in metres).
+    """
+    B, S, H, W = depth.shape
+    valid = depth > 0
+    v, u = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+    K = intrinsics
+    x = (u - K[..., 0, 2, None, None]) / K[..., 0, 0, None, None] * depth
+    y = (v - K[..., 1, 2, None, None]) / K[..., 1, 1, None, None] * depth
+    cam = torch.stack([x, y, depth], dim=-1)  # [B, S, H, W, 3] in each camera's frame
+    R, t = extrinsics[..., :3], extrinsics[..., 3]
+    R0, t0 = R[:, :1], t[:, :1]
+    # camera i -> camera 0: X0 = R0 R_i^T (X_i - t_i) + t0
+    Ri0 = R0 @ R.transpose(-1, -2)  # [B, S, 3, 3]
+    pts = torch.einsum("bsij,bshwj->bshwi", Ri0, cam - t[:, :, None, None, :]) + t0[:, :, None, None, :]
+    dist = pts.norm(dim=-1) * valid
+    scale = dist.sum((1, 2, 3)) / valid.sum((1, 2, 3)).clamp_min(1)
+    scale = scale.clamp_min(1e-6)
+    # camera-from-camera0: R_i R0^T, t_i - R_i R0^T t0
+    Rn = R @ R0.transpose(-1, -2)
+    tn = t - (Rn @ t0[..., None])[..., 0]
+    ext = torch.cat([Rn, (tn / scale[:, None, None])[..., None]], dim=-1)
+    s4 = scale[:, None, None, None]
+    return {
+        "depth": depth / s4,
+        "points": pts / s4[..., None] * valid[..., None],
+        "valid": valid,
+        "extrinsics": ext,
+        "pose_enc": extri_intri_to_pose_encoding(ext, intrinsics, (H, W)),
+        "scale": scale,
+    }
+
+
+class BatchSampler:
+    """Seeded draws of training batches from a ScenePool (see module docstring)."""
+
+    def __init__(self, pool: ScenePool, cfg: TrainConfig, seed: int):
+        self.pool, self.cfg = pool, cfg
+        self.rng = np.random.default_rng([seed, 11])
+
+    def state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
+    def draw(self) -> dict[str, torch.Tensor]:
+        """-> images [B, S, 3, H, W] float in [0, 1] and the normalised GT (first_camera_normalisation)."""
+        cfg, rng = self.cfg, self.rng
+        S = int(rng.integers(cfg.frames[0], cfg.frames[1] + 1))
+        B = min(max(1, cfg.frames_per_step // S), len(self.pool))
+        scenes = rng.choice(len(self.pool), B, replace=False)
+        idx = []
+        for _ in range(B):
+            views = rng.choice(cfg.pool_frames, S, replace=False)
+            idx.append(views if rng.random() < cfg.shuffle_prob else np.sort(views))
+        si = torch.as_tensor(scenes)[:, None]
+        vi = torch.as_tensor(np.stack(idx))
+        images = self.pool.images[si, vi].float() / 255.0
+        if cfg.colour_jitter > 0:  # per-view brightness and per-channel gain
+            j = cfg.colour_jitter
+            gain = 1 + rng.uniform(-j, j, (B, S, 1, 1, 1)) + rng.uniform(-j / 3, j / 3, (B, S, 3, 1, 1))
+            images = (images * torch.from_numpy(gain).float()).clamp(0, 1)
+        gt = first_camera_normalisation(
+            self.pool.depth[si, vi], self.pool.intrinsics[si, vi], self.pool.extrinsics[si, vi]
+        )
+        return {"images": images, **gt}
+
+
+# ---------------------------------------------------------------------------------------------- losses
+def camera_loss(
+    pose_list: list[torch.Tensor], gt_pose: torch.Tensor, gamma: float, fov_weight: float
+) -> dict:
+    """pose_list: the camera head's iterations, each [B, S, 9]; gt_pose [B, S, 9]. Returns loss terms."""
+    n = len(pose_list)
+    weights = torch.tensor([gamma ** (n - 1 - k) for k in range(n)])
+    weights = weights / weights.sum()
+    terms = {"T": 0.0, "R": 0.0, "FoV": 0.0}
+    for w, pred in zip(weights, pose_list, strict=True):
+        terms["T"] = terms["T"] + w * (pred[..., :3] - gt_pose[..., :3]).abs().mean()
+        terms["R"] = terms["R"] + w * (pred[..., 3:7] - gt_pose[..., 3:7]).abs().mean()
+        terms["FoV"] = terms["FoV"] + w * (pred[..., 7:] - gt_pose[..., 7:]).abs().mean()
+    total = terms["T"] + terms["R"] + fov_weight * terms["FoV"]
+    return {"camera": total, **{f"camera_{k}": v for k, v in terms.items()}}
+
+
+def confidence_regression(
+    pred: torch.Tensor,
+    gt: torch.Tensor,
+    conf: torch.Tensor,
+    valid: torch.Tensor,
+    alpha: float,
+    grad_weight: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """pred, gt [B, S, H, W, C]; conf [B, S, H, W] (>= 1); valid [B, S, H, W] bool.
+    Returns (conf-weighted regression with the -alpha log conf term, conf-weighted gradient term)."""
+    diff = pred - gt
+    err = diff.norm(dim=-1)
+    m = valid.float()
+    n = m.sum().clamp_min(1)
+    reg = ((conf * err - alpha * torch.log(conf)) * m).sum() / n
+    grad = pred.new_zeros(())
+    if grad_weight > 0:
+        for dim in (2, 3):  # rows (y), columns (x)
+            L = diff.shape[dim]
+            d = diff.narrow(dim, 1, L - 1) - diff.narrow(dim, 0, L - 1)
+            mv = (valid.narrow(dim, 1, L - 1) & valid.narrow(dim, 0, L - 1)).float()
+            c = conf.narrow(dim, 0, L - 1)
+            grad = grad + (c * d.norm(dim=-1) * mv).sum() / mv.sum().clamp_min(1)
+    return reg, grad
+
+
+def vggt_losses(out: dict, batch: dict, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """All loss terms of one step and their weighted sum under 'total'."""
+    losses = camera_loss(out["pose_enc_list"], batch["pose_enc"], cfg.camera_gamma, cfg.fov_weight)
+    valid = batch["valid"]
+    d_reg, d_grad = confidence_regression(
+        out["depth"],
+        batch["depth"][..., None],
+        out["depth_conf"],
+        valid,
+        cfg.conf_alpha,
+        cfg.grad_loss_weight,
+    )
+    p_reg, p_grad = confidence_regression(
+        out["world_points"],
+        batch["points"],
+        out["world_points_conf"],
+        valid,
+        cfg.conf_alpha,
+        cfg.grad_loss_weight,
+    )
+    losses.update(depth=d_reg, depth_grad=d_grad, point=p_reg, point_grad=p_grad)
+    losses["total"] = (
+        cfg.camera_weight * losses["camera"]
+        + cfg.depth_weight * (d_reg + cfg.grad_loss_weight * d_grad)
+        + cfg.point_weight * (p_reg + cfg.grad_loss_weight * p_grad)
+    )
+    return losses
+
+
+# ---------------------------------------------------------------------------------------------- training
+def init_weights(model: VGGT) -> None:
+    """ViT initialisation of the transformer linears (truncated normal, std 0.02; zero bias), as DINOv2 and
+    VGGT train from; convolutions keep PyTorch's defaults."""
+    for mod in model.modules():
+        if isinstance(mod, nn.Linear):
+            nn.init.trunc_normal_(mod.weight, std=0.02)
+            if mod.bias is not None:
+                nn.init.zeros_(mod.bias)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to cfg.lr, then cosine decay to cfg.lr * min_lr_ratio at cfg.steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    p = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+
+
+def save_weights(model: VGGT, path: str | Path, metadata: dict | None = None) -> Path:
+    """Model state_dict as float32 safetensors (metadata: string values only)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata={k: str(v) for k, v in (metadata or {}).items()})
+    return path
+
+
+def export_fp16(src: str | Path, dst: str | Path) -> Path:
+    """Re-save a weights file with float16 tensors (the bundled file's storage; load_model casts back to the
+    model's float32, so the bundled model IS the fp16-rounded weights: its model card is measured on them)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(src), "pt") as f:
+        meta = dict(f.metadata() or {})
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(src)).items()}
+    too_big = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if too_big:
+        raise ConfigError(f"{src}: tensors {too_big[:3]} overflow float16")
+    dst = Path(dst)
+    save_file(state, str(dst), metadata={**meta, "storage": "float16"})
+    return dst
+
+
+@dataclass
+class TrainResult:
+    weights: Path
+    steps: int
+    wall_s: float
+    pool_s: float
+    history: list[dict]
+
+
+def train(
+    cfg: TrainConfig,
+    out: str | Path,
+    work_dir: str | Path | None = None,
+    device: str = "cpu",
+    workers: int = 1,
+    resume: bool = True,
+) -> TrainResult:
+    """Train the bundled configuration from scratch (or resume `work_dir/checkpoint.pt`); write the final weights
+    to `out` (safetensors). work_dir (default: beside `out`) holds the pool cache, the checkpoint, partial weights
+    (`partial.safetensors`, refreshed with every checkpoint) and the log `train_log.jsonl`."""
+    out = Path(out)
+    work = Path(work_dir) if work_dir else out.parent / (out.stem + "_work")
+    work.mkdir(parents=True, exist_ok=True)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train-tiny: --device cuda asked for, but no CUDA device is available")
+    if device == "cpu":
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    t_pool = time.perf_counter()
+    pool = build_pool(cfg, workers=workers, cache_dir=work)
+    pool_s = time.perf_counter() - t_pool
+
+    model = VGGT(vggt_tiny_synthetic_config())
+    init_weights(model)
+    model.to(device).train()
+    opt = make_optimizer(model, cfg)
+    sampler = BatchSampler(pool, cfg, cfg.seed)
+    start, elapsed_before = 0, 0.0
+    ckpt = work / "checkpoint.pt"
+    log_path = work / "train_log.jsonl"
+    if resume and ckpt.is_file():
+        state = torch.load(
+            ckpt, map_location=device, weights_only=False
+        )  # our own file: optimizer + rng state
+        if state["config"] != cfg.to_dict():
+            raise ConfigError(
+                f"{ckpt}: checkpoint was made with another configuration; delete it or pass --no-resume"
+            )
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sampler.set_state(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        start, elapsed_before = state["step"], state["elapsed_s"]
+        log.info("resumed from %s at step %d", ckpt, start)
+    elif log_path.exists():
+        log_path.unlink()
+
+    def checkpoint(step: int, elapsed: float) -> None:
+        tmp = ckpt.with_suffix(".tmp")
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "sampler": sampler.state(),
+                "torch_rng": torch.get_rng_state(),
+                "step": step,
+                "elapsed_s": elapsed,
+                "config": cfg.to_dict(),
+            },
+            tmp,
+        )
+        os.replace(tmp, ckpt)
+        save_weights(model, work / "partial.safetensors", {"step": step})
+
+    history: list[dict] = []
+    t0 = time.perf_counter()
+    last_ckpt = t0
+    running: dict[str, float] = {}
+    with log_path.open("a") as logf:
+        for step in range(start, cfg.steps):
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, cfg)
+            batch = {k: v.to(device) for k, v in sampler.draw().items()}
+            raw = model(batch["images"])
+            losses = vggt_losses(raw, batch, cfg)
+            opt.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            for k, v in losses.items():
+                running[k] = running.get(k, 0.0) + float(v.detach())
+            running["grad_norm"] = running.get("grad_norm", 0.0) + float(gnorm)
+            n_done = step + 1
+            if n_done % cfg.log_every == 0 or n_done == cfg.steps:
+                k = cfg.log_every if n_done % cfg.log_every == 0 else n_done % cfg.log_every
+                elapsed = elapsed_before + time.perf_counter() - t0
+                row = {"step": n_done, "lr": lr_at(step, cfg), "elapsed_s": round(elapsed, 1)}
+                row.update({name: round(v / k, 5) for name, v in running.items()})
+                history.append(row)
+                logf.write(json.dumps(row) + "\n")
+                logf.flush()
+                log.info("step %d/%d loss %.4f (%.0f s)", n_done, cfg.steps, row["total"], elapsed)
+                running = {}
+            now = time.perf_counter()
+            if now - last_ckpt >= cfg.checkpoint_every_s and n_done < cfg.steps:
+                checkpoint(n_done, elapsed_before + now - t0)
+                last_ckpt = now
+    wall = elapsed_before + time.perf_counter() - t0
+    model.eval()
+    meta = {
+        "model": "vggt-tiny-synthetic",
+        "steps": cfg.steps,
+        "seed": cfg.seed,
+        "train_wall_s": round(wall, 1),
+    }
+    save_weights(model, out, meta)
+    checkpoint(cfg.steps, wall)
+    return TrainResult(out, cfg.steps, wall, pool_s, history)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def heldout_scenes(num_scenes: int | None = None) -> list[SceneSample]:
+    """The first `num_scenes` scenes of TINY_HELDOUT_PROTOCOL (all 32 when None)."""
+    scenes = load_protocol_scenes(TINY_HELDOUT_PROTOCOL, limit=num_scenes)
+    assert all(s.meta["heldout"] for s in scenes)
+    return scenes
+
+
+def trivial_predictions(sample: SceneSample) -> dict[str, Predictions]:
+    """Predictors that know nothing about the images, for the scene `sample` (all [1, S, ...]):
+
+    - "identical_cameras": every extrinsic is the identity (no motion; the translation direction is undefined,
+      which the VGGT pose metric scores as a 90-degree error);
+    - "mean_depth": every pixel at the scene's mean valid GT depth (the depth metric's scale alignment makes
+      any constant equivalent);
+    - "plane_points": the point map of a fronto-parallel plane at the mean GT depth seen by every view from the
+      first camera (GT intrinsics, identity extrinsics): one flat cloud, aligned to the GT by the metric.
+    Depth, points and cameras not named by a predictor are those of the other two (they are scored separately).
+    """
+    S, _, H, W = sample.images.shape
+    valid = sample.valid_mask & (sample.depth > 0)
+    mean_depth = float(sample.depth[valid].mean())
+    depth = torch.full((1, S, H, W), mean_depth)
+    eye = torch.eye(3, 4).expand(1, S, 3, 4).clone()
+    K = sample.intrinsics.double()
+    v, u = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+    x = (u - K[:, 0, 2, None, None]) / K[:, 0, 0, None, None] * mean_depth
+    y = (v - K[:, 1, 2, None, None]) / K[:, 1, 1, None, None] * mean_depth
+    plane = torch.stack([x, y, torch.full_like(x, mean_depth)], -1).float()[None]
+    ones = torch.ones(1, S, H, W)
+    pred = Predictions(depth, ones, plane, ones, eye, sample.intrinsics[None].clone())
+    return {"identical_cameras": pred, "mean_depth": pred, "plane_points": pred}
+
+
+HEADLINE_METRICS = ("pose.auc@30", "pose.rra@30", "pose.rot_err_mean", "depth.abs_rel", "depth.delta<1.25",
+                    "points.acc", "points.comp", "points.chamfer")  # fmt: skip
+
+
+def _predict(model: GeometryModel, sample: SceneSample) -> Predictions:
+    return model.predict(sample.images[None])
+
+
+def evaluate(
+    models: dict[str, GeometryModel], scenes: Iterable[SceneSample], trivial: bool = True, alignment=None
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """{predictor: {metric: (value, stderr)}} over `scenes` for each model and (trivial=True) the trivial
+    predictors, with the metrics' default AlignmentPolicy unless given. Trivial predictors are scored only on
+    the task they stand for (pose / depth / points)."""
+    from ptq3d.metrics import aggregate, evaluate_scene, get_metric, list_metrics
+
+    per: dict[str, list[dict]] = {name: [] for name in models}
+    task_of = {"identical_cameras": "pose", "mean_depth": "depth", "plane_points": "points"}
+    task_metrics = {t: [m for m in list_metrics() if get_metric(m).task == t] for t in task_of.values()}
+    if trivial:
+        per.update({name: [] for name in task_of})
+    for sample in scenes:
+        for name, model in models.items():
+            per[name].append(evaluate_scene(_predict(model, sample), sample, alignment=alignment))
+        if trivial:
+            for name, pred in trivial_predictions(sample).items():
+                metrics = task_metrics[task_of[name]]
+                per[name].append(evaluate_scene(pred, sample, metrics=metrics, alignment=alignment))
+    return {name: aggregate(rows) for name, rows in per.items()}
+
+
+def headline(results: dict[str, dict[str, tuple[float, float]]]) -> dict[str, dict[str, float]]:
+    """The HEADLINE_METRICS values (no stderr) of each predictor, where present."""
+    return {p: {m: r[m][0] for m in HEADLINE_METRICS if m in r} for p, r in results.items()}
+
+
+# ---------------------------------------------------------------------------------------------- model card
+CHECK_SCENES = 4  # the quick regression check of tests/models/test_bundled.py
+CHECK_MAX_POINTS = 4096  # point subsampling of that check (the headline numbers use every point)
+
+
+def check_policy():
+    """The AlignmentPolicy of the quick check: the metrics' default with seeded subsampling of the points."""
+    from ptq3d.metrics import AlignmentPolicy
+
+    return AlignmentPolicy(max_points=CHECK_MAX_POINTS)
+
+
+OUTLIER_SCENES = 8  # held-out scenes of the outlier-injection comparison
+# calibration scenes: training-range seeds, disjoint from the training pool and from the held-out set
+CALIBRATION_FIRST_SEED = 500_000_000
+
+
+def model_card_numbers(
+    weights: str | Path,
+    num_scenes: int = 32,
+    schemes: tuple[str, ...] = ("w4a4", "w8a8"),
+    stats_scenes: int = 4,
+    outlier_methods: tuple[str, ...] = ("smoothquant", "quarot"),
+) -> dict:
+    """Everything the model card reports, as a JSON-able dict:
+    heldout: FP, RTN at `schemes` and the trivial predictors on `num_scenes` scenes with the metrics' default
+      AlignmentPolicy (every point);
+    check: FP and RTN W4A4 on the first CHECK_SCENES scenes with check_policy() (what the test re-measures);
+    outliers: FP and W4A4 of RTN and `outlier_methods` on the model and on its outlier-injected variant
+      (models.bundled.outliers), OUTLIER_SCENES scenes, check_policy(); calibration: 4 of 8 generated scenes;
+    activations: quant-site statistics on `stats_scenes` scenes, for the model and the outlier variant."""
+    import copy
+
+    from ptq3d.harness.analysis import activation_statistics, as_records, summarize_sites
+    from ptq3d.methods import build_random, quantize_model
+    from ptq3d.methods.calibration import synthetic_pool
+    from ptq3d.models import load_model
+    from ptq3d.models.bundled import vggt_tiny_synthetic_config
+    from ptq3d.models.bundled.outliers import inject_channel_outliers
+
+    model = load_model(vggt_tiny_synthetic_config(), weights=weights)
+    scenes = heldout_scenes(num_scenes)
+    models: dict[str, GeometryModel] = {"fp": model}
+    for scheme in schemes:
+        models[f"rtn_{scheme}"] = quantize_model(model, "rtn", scheme).model
+    full = headline(evaluate(models, scenes))
+    check_models = {"fp": model, "rtn_w4a4": quantize_model(model, "rtn", "w4a4").model}
+    check = headline(evaluate(check_models, scenes[:CHECK_SCENES], trivial=False, alignment=check_policy()))
+
+    outlier_model = copy.deepcopy(model)
+    inject_channel_outliers(outlier_model)
+    h, w = VGGT_TINY_SYNTHETIC_IMAGE_SIZE
+    calib = build_random(synthetic_pool(8, 8, h, w, first_seed=CALIBRATION_FIRST_SEED), 4, seed=0)
+    omodels: dict[str, GeometryModel] = {"fp": model, "fp_outliers": outlier_model}
+    for base_name, base in (("", model), ("_outliers", outlier_model)):
+        omodels[f"rtn_w4a4{base_name}"] = quantize_model(base, "rtn", "w4a4").model
+        for meth in outlier_methods:
+            omodels[f"{meth}_w4a4{base_name}"] = quantize_model(base, meth, "w4a4", calibration=calib).model
+    outl = headline(evaluate(omodels, scenes[:OUTLIER_SCENES], trivial=False, alignment=check_policy()))
+
+    stats_images = [s.images[None] for s in scenes[:stats_scenes]]
+    sites, blocks = activation_statistics(model, stats_images)
+    osites, _ = activation_statistics(outlier_model, stats_images)
+    return {
+        "protocol": TINY_HELDOUT_PROTOCOL.name,
+        "protocol_hash": TINY_HELDOUT_PROTOCOL.hash,
+        "num_scenes": len(scenes),
+        "heldout": full,
+        "check": {"num_scenes": CHECK_SCENES, "max_points": CHECK_MAX_POINTS, **check},
+        "outliers": {
+            "num_scenes": OUTLIER_SCENES,
+            "max_points": CHECK_MAX_POINTS,
+            "calibration": calib.describe(),
+            **outl,
+        },  # fmt: skip
+        "activations": {
+            "scenes": stats_scenes,
+            "summary": summarize_sites(sites),
+            "summary_outliers": summarize_sites(osites),
+            "sites": as_records(sites),
+            "blocks": as_records(blocks),
+        },
+    }
+
+
+def write_model_card_json(weights: str | Path, path: str | Path, **kwargs) -> dict:
+    """model_card_numbers(weights, **kwargs) written as JSON to `path` (the bundled vggt_tiny_synthetic.json)."""
+    numbers = model_card_numbers(weights, **kwargs)
+    Path(path).write_text(json.dumps(numbers, indent=1) + "\n")
+    return numbers
+
+
+def model_card_tables(numbers: dict) -> str:
+    """Markdown tables of a model_card_numbers dict (held-out headline, outlier comparison, activation summary)."""
+    cols = ("pose.auc@30", "pose.rra@30", "pose.rot_err_mean", "depth.abs_rel", "depth.delta<1.25", "points.acc",
+            "points.comp", "points.chamfer")  # fmt: skip
+
+    def table(rows: dict[str, dict[str, float]]) -> list[str]:
+        out = ["| predictor | " + " | ".join(cols) + " |", "|---" + "|---:" * len(cols) + "|"]
+        for name, r in rows.items():
+            if isinstance(r, dict) and any(c in r for c in cols):
+                out.append(f"| {name} | " + " | ".join(f"{r[c]:.3f}" if c in r else "-" for c in cols) + " |")
+        return out
+
+    lines = [
+        f"Held-out ({numbers['num_scenes']} scenes, default AlignmentPolicy):",
+        "",
+        *table(numbers["heldout"]),
+    ]
+    o = numbers["outliers"]
+    lines += [
+        "",
+        f"Outlier comparison ({o['num_scenes']} scenes, max_points {o['max_points']}):",
+        "",
+        *table(o),
+    ]
+    lines += ["", "| quant-site input | kurtosis (median / max) | max/median channel | max/median token | "
+              "special/patch norm |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for tag, summary in (("", numbers["activations"]["summary"]), (" (outlier variant)", numbers["activations"]["summary_outliers"])):  # fmt: skip
+        for layer, d in summary.items():
+            lines.append(
+                f"| {layer}{tag} | {d['kurtosis_median']:.1f} / {d['kurtosis_max']:.1f} | "
+                f"{d['channel_max_median_median']:.1f} / {d['channel_max_median_max']:.1f} | "
+                f"{d['token_max_median_median']:.1f} / {d['token_max_median_max']:.1f} | "
+                f"{d['special_patch_norm_median']:.2f} / {d['special_patch_norm_max']:.2f} |"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,182 @@
+"""Training of the bundled tiny VGGT (ptq3d.harness.train_tiny), the `ptq3d train-tiny` command and the
+activation statistics (ptq3d.harness.analysis). Small pools and a few steps keep each test to seconds."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ptq3d.datasets.synthetic import HELDOUT_SEEDS, generate_scene
+from ptq3d.errors import ConfigError
+from ptq3d.harness import train_tiny as tt
+from ptq3d.harness.analysis import _Accumulator, activation_statistics, markdown_tables, summarize_sites
+from ptq3d.harness.cli import main
+from ptq3d.models import load_model
+from ptq3d.models.bundled import vggt_tiny_synthetic_config
+from ptq3d.models.vggt import VGGT, VGGTAdapter
+from ptq3d.models.vggt.pose import pose_encoding_to_extri_intri
+
+SMALL = dict(pool_scenes=3, pool_frames=4, frames=(2, 3), frames_per_step=4, log_every=1, warmup_steps=1)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return generate_scene(5, num_frames=4, height=112, width=112)
+
+
+def test_normalisation_is_vggt_first_camera_frame(scene):
+    gt = tt.first_camera_normalisation(scene.depth[None], scene.intrinsics[None], scene.extrinsics[None])
+    valid = gt["valid"][0]
+    # world = first camera, lengths divided by the mean distance of the valid points to it
+    assert torch.allclose(gt["extrinsics"][0, 0], torch.eye(3, 4), atol=1e-5)
+    assert float(gt["points"][0][valid].norm(dim=-1).mean()) == pytest.approx(1.0, abs=1e-4)
+    E0 = scene.extrinsics[0]
+    exact = (scene.points @ E0[:, :3].T + E0[:, 3]) / gt["scale"][0]
+    assert torch.allclose(gt["points"][0][valid], exact[valid], atol=1e-4)
+    # the normalised cameras see the normalised points at the normalised depth
+    E = gt["extrinsics"][0]
+    cam = torch.einsum("sij,shwj->shwi", E[:, :, :3], gt["points"][0]) + E[:, None, None, :, 3]
+    assert torch.allclose(cam[..., 2][valid], gt["depth"][0][valid], atol=1e-4)
+    # and the pose encoding decodes back to them
+    ext, _ = pose_encoding_to_extri_intri(gt["pose_enc"][0], (112, 112))
+    assert torch.allclose(ext, E, atol=1e-4)
+
+
+def test_losses_vanish_at_the_ground_truth_and_grow_away_from_it(scene):
+    gt = tt.first_camera_normalisation(scene.depth[None], scene.intrinsics[None], scene.extrinsics[None])
+    cfg = tt.TrainConfig()
+    ones = torch.ones_like(gt["depth"])
+    perfect = {
+        "pose_enc_list": [gt["pose_enc"]] * 4,
+        "depth": gt["depth"][..., None],
+        "depth_conf": ones,
+        "world_points": gt["points"],
+        "world_points_conf": ones,
+    }
+    losses = tt.vggt_losses(perfect, gt, cfg)
+    assert float(losses["total"]) == pytest.approx(0.0, abs=1e-6)
+    noisy = dict(perfect, depth=perfect["depth"] * 1.1, pose_enc_list=[gt["pose_enc"] + 0.1] * 4)
+    worse = tt.vggt_losses(noisy, gt, cfg)
+    assert float(worse["depth"]) > 0.01
+    assert float(worse["camera"]) == pytest.approx(0.1 + 0.1 + 0.5 * 0.1)  # T + R + fov_weight * FoV
+    # confidence trades error for -alpha log(conf): with zero error a higher confidence lowers the loss
+    reg, _ = tt.confidence_regression(gt["points"], gt["points"], ones * 2, gt["valid"], 0.2, 0.0)
+    assert float(reg) == pytest.approx(-0.2 * np.log(2), rel=1e-5)
+
+
+def test_config_rejects_heldout_seeds_and_bad_frames():
+    with pytest.raises(ConfigError, match="training seed range"):
+        tt.TrainConfig(pool_seed_base=HELDOUT_SEEDS[0] - 2, pool_scenes=10)
+    with pytest.raises(ConfigError, match="frames"):
+        tt.TrainConfig(frames=(1, 4))
+    with pytest.raises(ConfigError, match="steps"):
+        tt.TrainConfig(steps=0)
+
+
+def test_training_is_seeded_learns_and_resumes(tmp_path):
+    cfg = tt.TrainConfig(steps=5, lr=2e-3, **SMALL)
+    a = tt.train(cfg, tmp_path / "a.safetensors", tmp_path / "wa")
+    b = tt.train(cfg, tmp_path / "b.safetensors", tmp_path / "wa", resume=False)  # reuses the pool cache
+    wa, wb = load_file(str(a.weights)), load_file(str(b.weights))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # same seed, same weights
+    losses = [row["total"] for row in a.history]
+    assert len(losses) == 5 and all(np.isfinite(losses))
+    assert np.mean(losses[-2:]) < np.mean(losses[:2])  # it learns something on a 3-scene pool
+    # the file loads strictly into the bundled configuration
+    model = load_model(vggt_tiny_synthetic_config(), weights=a.weights)
+    assert model.load_report.loaded == len(wa)
+    # a longer run resumes from the checkpoint of the first (same config except steps -> refused)
+    longer = dataclasses.replace(cfg, steps=7)
+    with pytest.raises(ConfigError, match="another configuration"):
+        tt.train(longer, tmp_path / "c.safetensors", tmp_path / "wa")
+
+
+def test_batches_are_normalised_and_from_the_pool(tmp_path):
+    cfg = tt.TrainConfig(**SMALL)
+    pool = tt.build_pool(cfg, cache_dir=tmp_path)
+    assert pool.images.shape == (3, 4, 3, 112, 112) and pool.images.dtype == torch.uint8
+    again = tt.build_pool(cfg, cache_dir=tmp_path)  # read back from the cache
+    assert torch.equal(again.depth, pool.depth)
+    batch = tt.BatchSampler(pool, cfg, seed=0).draw()
+    B, S = batch["images"].shape[:2]
+    assert 2 <= S <= 3 and max(1, 4 // S) == B
+    assert torch.allclose(batch["pose_enc"][:, 0, :7], torch.tensor([0.0, 0, 0, 0, 0, 0, 1]), atol=1e-5)
+    assert float(batch["images"].min()) >= 0.0 and float(batch["images"].max()) <= 1.0
+
+
+def test_trivial_predictors_score_as_documented(scene):
+    preds = tt.trivial_predictions(scene)
+    p = preds["identical_cameras"]
+    assert torch.equal(p.extrinsics[0], torch.eye(3, 4).expand(4, 3, 4))
+    valid = scene.valid_mask
+    assert torch.allclose(p.depth[0][valid], scene.depth[valid].mean().expand(int(valid.sum())))
+    assert torch.allclose(p.world_points[0, ..., 2], p.depth[0])  # a fronto-parallel plane at the mean depth
+    res = tt.evaluate({}, [scene], alignment=tt.check_policy())
+    assert (
+        res["identical_cameras"]["pose.auc@30"][0] == 0.0
+    )  # zero translation: direction undefined, 90 degrees
+    assert 0 < res["mean_depth"]["depth.abs_rel"][0] < 1
+
+
+def test_heldout_protocol_uses_heldout_seeds_only():
+    scenes = tt.heldout_scenes(2)
+    assert [s.meta["seed"] for s in scenes] == [HELDOUT_SEEDS[0], HELDOUT_SEEDS[1]]
+    assert scenes[0].images.shape == (8, 3, 112, 112)
+    assert tt.TINY_HELDOUT_PROTOCOL.option("num_scenes") == 32
+
+
+def test_cli_train_tiny_writes_weights(tmp_path, capsys):
+    out = tmp_path / "w.safetensors"
+    rc = main(["train-tiny", "--steps", "1", "--pool-scenes", "2", "--workers", "1", "--eval-scenes", "0",
+               "--out", str(out)])  # fmt: skip
+    assert rc == 0 and out.is_file()
+    assert "wrote" in capsys.readouterr().out
+    assert main(["train-tiny", "--steps", "0", "--out", str(out)]) == 2
+    assert main(["train-tiny", "--evaluate-only", str(tmp_path / "missing.safetensors")]) == 2
+    # fp16 export: half the bytes, loads back into the float32 model
+    half = tt.export_fp16(out, tmp_path / "half.safetensors")
+    assert half.stat().st_size < 0.6 * out.stat().st_size
+    model = load_model(vggt_tiny_synthetic_config(), weights=half)
+    assert model.load_report.cast and all(p.dtype == torch.float32 for p in model.module.parameters())
+
+
+# ---------------------------------------------------------------------------------------------- analysis
+def test_kurtosis_accumulator_matches_scipy():
+    from scipy.stats import kurtosis
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 10, 16, generator=g) ** 3
+    acc = _Accumulator(special=2)
+    acc.add(x[:3], 10)
+    acc.add(x[3:], 10)
+    assert acc.kurtosis() == pytest.approx(kurtosis(x.flatten().numpy(), fisher=False), rel=1e-6)
+    norms = x.double().norm(dim=-1).mean(0).numpy()
+    assert np.allclose(acc.norms(), norms)
+
+
+def test_activation_statistics_cover_every_site_and_see_an_outlier_channel():
+    torch.manual_seed(0)
+    model = VGGTAdapter(VGGT(vggt_tiny_synthetic_config())).eval()
+    images = [torch.rand(1, 3, 3, 112, 112)]
+    sites, blocks = activation_statistics(model, images)
+    assert [s.site for s in sites] == list(model.quant_sites())
+    assert len(blocks) == 8 and {s.layer for s in sites} == {"qkv", "proj", "fc1", "fc2"}
+    base = {s.site: s for s in sites}
+    # a 50x channel in norm1's weight is a 50x channel at the qkv input, and nowhere before it
+    blk = model.module.aggregator.frame_blocks[1]
+    with torch.no_grad():
+        blk.norm1.weight[7] *= 50
+    sites2, _ = activation_statistics(model, images)
+    after = {s.site: s for s in sites2}
+    name = "aggregator.frame_blocks.1.attn.qkv"
+    assert after[name].channel_max_median > 10 * base[name].channel_max_median
+    assert after[name].kurtosis > 5 * base[name].kurtosis
+    first = "aggregator.frame_blocks.0.attn.qkv"
+    assert after[first].kurtosis == pytest.approx(base[first].kurtosis)
+    summary = summarize_sites(sites2)
+    assert summary["qkv"]["channel_max_median_max"] == pytest.approx(after[name].channel_max_median)
+    assert "frame_blocks.1 | qkv" in markdown_tables(sites2, blocks)
