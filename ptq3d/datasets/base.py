@@ -44,5 +44,7 @@ class SceneSample:
             arr = np.ascontiguousarray(t.detach().cpu().numpy())
             h.update(str(arr.dtype).encode() + str(arr.shape).encode())
             h.update(arr.tobytes())
-        h.update(repr((self.meta.get("dataset"), self.meta.get("scene"), self.meta.get("frame_ids"))).encode())
+        h.update(
+            repr((self.meta.get("dataset"), self.meta.get("scene"), self.meta.get("frame_ids"))).encode()
+        )
         return h.hexdigest()[:16]

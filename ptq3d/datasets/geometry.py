@@ -87,3 +87,13 @@ def look_at(position: np.ndarray, target: np.ndarray, up: np.ndarray, roll_rad: 
         x, y = c * x + s * y, -s * x + c * y
     R = np.stack([x, y, z], axis=0)  # rows: camera axes in world coordinates -> world-to-camera rotation
     return np.concatenate([R, -(R @ position)[:, None]], axis=1)
+
+
+def has_single_centred_focal(K: np.ndarray, height: int, width: int) -> bool:
+    """True if intrinsics K [S, 3, 3] share one focal (fx = fy, equal across views) and a centred principal
+    point (W/2, H/2): what formats that store a single focal (NRGBD focal.txt, 7-Scenes' fixed camera) can hold."""
+    return bool(
+        np.allclose(K[:, 0, 0], K[0, 0, 0])
+        and np.allclose(K[:, 1, 1], K[:, 0, 0])
+        and np.allclose(K[:, :2, 2], [width / 2, height / 2])
+    )

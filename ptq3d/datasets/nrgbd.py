@@ -28,7 +28,7 @@ from ptq3d.datasets.files import (
     write_rgb,
 )
 from ptq3d.datasets.frames import Frame, InvalidFrame, assemble_scene, check_same_size, read_frames
-from ptq3d.datasets.geometry import GL_TO_CV, invert_pose, to_4x4
+from ptq3d.datasets.geometry import GL_TO_CV, has_single_centred_focal, invert_pose, to_4x4
 from ptq3d.datasets.preprocess import Preprocess
 from ptq3d.errors import ConfigError, DataError
 
@@ -150,11 +150,7 @@ def write_nrgbd_scene(scene_dir: str | Path, sample: SceneSample, nan_frames: tu
     sdir = Path(scene_dir)
     K = sample.intrinsics.double().numpy()
     H, W = sample.image_size
-    if (
-        not np.allclose(K[:, 0, 0], K[0, 0, 0])
-        or not np.allclose(K[:, 1, 1], K[:, 0, 0])
-        or not np.allclose(K[:, :2, 2], [W / 2, H / 2])
-    ):
+    if not has_single_centred_focal(K, H, W):
         raise ConfigError(
             "NRGBD stores one focal: scenes need fx = fy equal across views and a centred principal point"
         )

@@ -32,7 +32,7 @@ from ptq3d.datasets.files import (
     write_rgb,
 )
 from ptq3d.datasets.frames import Frame, InvalidFrame, assemble_scene, check_same_size, read_frames
-from ptq3d.datasets.geometry import invert_pose, to_4x4
+from ptq3d.datasets.geometry import has_single_centred_focal, invert_pose, to_4x4
 from ptq3d.datasets.preprocess import Preprocess
 from ptq3d.errors import ConfigError, DataError
 
@@ -196,11 +196,7 @@ def write_7scenes_scene(
     for num, sample in sequences.items():
         K = sample.intrinsics.double().numpy()
         H, W = sample.image_size
-        if (
-            not np.allclose(K[:, 0, 0], K[0, 0, 0])
-            or not np.allclose(K[:, 1, 1], K[:, 0, 0])
-            or not np.allclose(K[:, :2, 2], [W / 2, H / 2])
-        ):
+        if not has_single_centred_focal(K, H, W):
             raise ConfigError(
                 "7-Scenes stores no intrinsics: scenes need one focal, fx = fy, centred principal point"
             )

@@ -23,7 +23,8 @@ def fp_key(model_hash: str, protocol_hash: str, scene_hash: str, device: str) ->
     )
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temporary file + rename, so a reader (or a killed run) never sees half an entry."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     try:
@@ -76,7 +77,7 @@ class FPCache:
         from safetensors.torch import save
 
         tensors = {k: v.detach().cpu().contiguous() for k, v in pred.tensors().items()}
-        _atomic_write(self._path(key, ".safetensors"), save(tensors))
+        atomic_write(self._path(key, ".safetensors"), save(tensors))
 
     # --- metrics ----------------------------------------------------------------------------------------
     def get_metrics(self, key: str, metrics_key: str) -> dict[str, float] | None:
@@ -91,4 +92,4 @@ class FPCache:
     def put_metrics(self, key: str, metrics_key: str, values: dict[str, float]) -> None:
         if self.root is None:
             return
-        _atomic_write(self._path(key, f".{metrics_key}.json"), json.dumps(values).encode())
+        atomic_write(self._path(key, f".{metrics_key}.json"), json.dumps(values).encode())

@@ -42,6 +42,7 @@ from typing import Any
 
 from ptq3d.errors import ConfigError, UserError
 from ptq3d.harness.executors import Executor
+from ptq3d.harness.fpcache import atomic_write
 from ptq3d.harness.spec import CellResult, CellSpec, short_hash
 
 INSTALL_HINT = 'the ray executor needs Ray: pip install "ptq3d[distributed]" (or: pip install "ray>=2.9")'
@@ -137,19 +138,6 @@ def _list_files(root: Path) -> list[str]:
     )
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    # temporary file + rename: a reader never sees half an entry
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def run_cell_task(
     spec_dict: dict[str, Any], cache_dir: str | None, shipped: dict[str, Any] | None
 ) -> tuple[CellResult, dict[str, bytes], dict[str, Any]]:
@@ -170,7 +158,7 @@ def run_cell_task(
     try:
         names = list(shipped)
         for name, data in zip(names, ray.get([shipped[n] for n in names]), strict=True):
-            _write_atomic(private / name, data)
+            atomic_write(private / name, data)
         result = run_cell(spec, str(private))
         new = {n: (private / n).read_bytes() for n in _list_files(private) if n not in shipped}
         return result, new, where
@@ -378,7 +366,7 @@ class RayExecutor(Executor):
             if name not in group.entries:
                 group.entries[name] = ray.put(data)
             if driver_cache is not None and not (driver_cache / name).exists():
-                _write_atomic(driver_cache / name, data)
+                atomic_write(driver_cache / name, data)
 
 
 def _first_line(exc: BaseException) -> str:

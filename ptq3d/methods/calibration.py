@@ -89,6 +89,16 @@ class CalibrationSet:
         }
 
 
+def check_pool(pool: Sequence[SceneSample], n: int) -> None:
+    """The checks every calibration builder makes: a non-empty pool and 0 < n <= len(pool)."""
+    if not pool:
+        raise ConfigError("calibration pool is empty: nothing to draw calibration scenes from")
+    if not isinstance(n, int) or n <= 0:
+        raise ConfigError(f"calibration size must be a positive integer, got {n!r}")
+    if n > len(pool):
+        raise ConfigError(f"calibration size {n} exceeds the pool of {len(pool)} scenes")
+
+
 @register_calibration_builder("random")
 def build_random(
     pool: Sequence[SceneSample], n: int, seed: int = 0, model: Any = None, **meta: Any
@@ -96,12 +106,7 @@ def build_random(
     """n scenes drawn uniformly without replacement from `pool` (numpy default_rng(seed)), in pool order.
     model is accepted (every builder is called with the FP model) and not used."""
     pool = list(pool)
-    if not pool:
-        raise ConfigError("calibration pool is empty: nothing to draw calibration scenes from")
-    if not isinstance(n, int) or n <= 0:
-        raise ConfigError(f"calibration size must be a positive integer, got {n!r}")
-    if n > len(pool):
-        raise ConfigError(f"calibration size {n} exceeds the pool of {len(pool)} scenes")
+    check_pool(pool, n)
     idx = np.sort(np.random.default_rng(seed).choice(len(pool), size=n, replace=False))
     return CalibrationSet(
         [pool[i] for i in idx], builder="random", seed=seed, meta={"pool_size": len(pool), **meta}

@@ -39,7 +39,7 @@ import torch
 
 from ptq3d.datasets.base import SceneSample
 from ptq3d.errors import ConfigError, unknown_name_error
-from ptq3d.methods.calibration import CalibrationSet
+from ptq3d.methods.calibration import CalibrationSet, check_pool
 from ptq3d.methods.registry import make_config, register_calibration_builder
 
 FILTERS = ("zscore", "iqr", "none")
@@ -251,12 +251,7 @@ def build_nfds(
         raise ConfigError(
             "calibration builder 'nfds' scores the candidate scenes with the FP model: pass model=<GeometryModel>"
         )
-    if not pool:
-        raise ConfigError("calibration pool is empty: nothing to draw calibration scenes from")
-    if not isinstance(n, int) or n <= 0:
-        raise ConfigError(f"calibration size must be a positive integer, got {n!r}")
-    if n > len(pool):
-        raise ConfigError(f"calibration size {n} exceeds the pool of {len(pool)} scenes")
+    check_pool(pool, n)
     fields = {f.name for f in dataclasses.fields(NFDSConfig)}
     cfg = make_config(NFDSConfig, config, what="calibration builder 'nfds'")
     overrides = {k: v for k, v in options.items() if k in fields}

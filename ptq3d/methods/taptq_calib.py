@@ -29,7 +29,7 @@ import torch
 
 from ptq3d.datasets.base import SceneSample
 from ptq3d.errors import ConfigError
-from ptq3d.methods.calibration import CalibrationSet
+from ptq3d.methods.calibration import CalibrationSet, check_pool
 from ptq3d.methods.registry import make_config, register_calibration_builder
 
 STATISTICS = ("layer_variance", "tail_ratio")
@@ -188,12 +188,7 @@ def build_taptq(
     pool = list(pool)
     if model is None:
         raise ConfigError("calibration builder 'taptq' needs the FP model (pass model=GeometryModel)")
-    if not pool:
-        raise ConfigError("calibration pool is empty: nothing to draw calibration scenes from")
-    if not isinstance(n, int) or not 0 < n <= len(pool):
-        raise ConfigError(
-            f"calibration size {n!r} must be a positive integer <= the pool of {len(pool)} scenes"
-        )
+    check_pool(pool, n)
     frames = {s.num_frames for s in pool}
     if len(frames) != 1:
         raise ConfigError(

@@ -149,7 +149,9 @@ class GeometryModel:
                     sites[f"{blk.name}.{sub_name}"] = mod
         return sites
 
-    def iter_block_sites(self, scope: QuantScope = "aggregator") -> Iterator[tuple[BlockInfo, dict[str, nn.Linear]]]:
+    def iter_block_sites(
+        self, scope: QuantScope = "aggregator"
+    ) -> Iterator[tuple[BlockInfo, dict[str, nn.Linear]]]:
         """(block, {relative name -> nn.Linear}) per block, execution order."""
         for blk in self.blocks(scope):
             yield blk, {n: m for n, m in blk.module.named_modules() if isinstance(m, nn.Linear)}

@@ -36,7 +36,9 @@ class ModelSpec:
     description: str = ""
     default_weights: Path | None = None
     placeholder: bool = False  # a lazy entry that a real registration may replace
-    post_load: Callable[[GeometryModel], None] | None = None  # applied after the weights (e.g. outlier injection)
+    post_load: Callable[[GeometryModel], None] | None = (
+        None  # applied after the weights (e.g. outlier injection)
+    )
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

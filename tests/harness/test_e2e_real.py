@@ -116,7 +116,10 @@ def test_default_suite_grid(tmp_path):
         (m, s) for m in methods for s in ("w8a8", "w4a8", "w4a4")
     }
     assert cfg.output_dir == str((tmp_path / "d").resolve())
-    assert cells[0].protocol.name == "synthetic-smoke" and cells[1].calibration.protocol == "synthetic-calib"
+    # the bundled trained model (with its outlier channels) on its held-out protocol, calibrated on training seeds
+    assert cells[0].model.name == "vggt-tiny-synthetic-outliers"
+    assert cells[0].protocol.name == "synthetic-heldout-112" and cells[0].protocol.limit == 4
+    assert cells[1].calibration.protocol == "synthetic-calib-112"
     stamped = default_config()
     assert "/ptq3d-runs/" in stamped.output_dir and stamped.output_dir.rsplit("/", 1)[1][:2] == "20"
     assert stamped.cache_dir.endswith("/ptq3d-runs/cache")  # shared by timestamped runs

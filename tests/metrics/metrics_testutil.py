@@ -24,7 +24,9 @@ def load_golden(stem: str) -> tuple[dict[str, np.ndarray], dict]:
     conformance must be proven on every run."""
     npz, js = REFERENCE_DIR / f"{stem}.npz", REFERENCE_DIR / f"{stem}.json"
     if not npz.exists() or not js.exists():
-        pytest.fail(f"reference golden {npz} not found (set PTQ3D_REFERENCE to shared/reference)", pytrace=False)
+        pytest.fail(
+            f"reference golden {npz} not found (set PTQ3D_REFERENCE to shared/reference)", pytrace=False
+        )
     with np.load(npz) as z:
         arrays = {k: z[k] for k in z.files}
     return arrays, json.loads(js.read_text())

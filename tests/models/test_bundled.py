@@ -117,3 +117,14 @@ def test_outlier_injection_on_a_random_model_is_exact_up_to_rounding():
     assert all(torch.allclose(p, q, rtol=1e-4, atol=1e-4) for p, q in zip(ta, tb, strict=True))
     assert not torch.equal(model.module.aggregator.frame_blocks[0].norm1.weight,
                            variant.module.aggregator.frame_blocks[0].norm1.weight)  # fmt: skip
+
+
+def test_registered_outlier_variant_is_the_injected_bundled_model(bundled, check_scenes):
+    """`vggt-tiny-synthetic-outliers` (the default benchmark's model) = bundled weights + the default injection."""
+    variant = load_model("vggt-tiny-synthetic-outliers")
+    expected = copy.deepcopy(bundled)
+    inject_channel_outliers(expected, OutlierConfig())
+    got, want = variant.module.state_dict(), expected.module.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    images = check_scenes[0].images[None, :4]
+    assert torch.allclose(variant.predict(images).depth, bundled.predict(images).depth, rtol=1e-3, atol=1e-4)

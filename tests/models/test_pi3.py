@@ -333,7 +333,9 @@ def test_checkpoint_without_constant_buffers_is_completed(tmp_path):
 
     torch.manual_seed(0)
     src = load_model("pi3-tiny")
-    state = {k: v.contiguous() for k, v in src.module.state_dict().items() if k not in ("image_mean", "image_std")}
+    state = {
+        k: v.contiguous() for k, v in src.module.state_dict().items() if k not in ("image_mean", "image_std")
+    }
     path = tmp_path / "pi3_no_norm.safetensors"
     safetensors.torch.save_file(state, str(path))
     model = load_model("pi3-tiny", weights=path)

@@ -28,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="how cells run (ray: needs `pip install ptq3d[distributed]`)",
     )
     p.add_argument(
-        "--address", help="Ray cluster address for --executor ray (default: [ray].address, else a local instance)"
+        "--address",
+        help="Ray cluster address for --executor ray (default: [ray].address, else a local instance)",
     )
     p.add_argument("--workers", type=int, default=2, help="worker processes for --executor processes")
     p.add_argument("--retry-failed", action="store_true", help="rerun cells recorded as failed")
@@ -68,7 +69,9 @@ def handle(args: argparse.Namespace) -> int:
     ):  # what ran, next to its results (`ptq3d run <dir>/config.toml` resumes)
         saved.write_text(cfg.text)
     progress = not args.no_progress and sys.stderr.isatty()
-    executor = make_executor(args.executor, args.workers, progress=progress, ray=cfg.ray, address=args.address)
+    executor = make_executor(
+        args.executor, args.workers, progress=progress, ray=cfg.ray, address=args.address
+    )
     n = len(cfg.cells())
     print(f"ptq3d run: {cfg.name}: {n} cells -> {cfg.output_dir}", flush=True)
     summary = run_grid(cfg, executor=executor, retry_failed=args.retry_failed, progress=progress)

@@ -130,6 +130,7 @@ class Pi3(nn.Module):
             "image_mean": torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1),
             "image_std": torch.tensor(IMAGENET_STD).view(1, 3, 1, 1),
         }
+
     def check_images(self, images: torch.Tensor) -> tuple[int, int, int, int]:
         """Validate images [B, S, 3, H, W]; return (B, S, H, W)."""
         if images.dim() != 5 or images.shape[2] != 3:
