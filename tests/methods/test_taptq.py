@@ -306,8 +306,8 @@ def test_config_and_data_errors(vggt, cal):
     from ptq3d.methods.calibration import CalibrationSet, random_pool
 
     nogt = CalibrationSet(random_pool(1, num_frames=2, height=56, width=56))
-    with pytest.raises(ConfigError, match="needs GT depth"):
-        quantize_model(vggt, "taptq", "w4a8", nogt)
+    with pytest.raises(ConfigError, match="needs GT depth"):  # the gradient-weighted objective needs GT depth
+        quantize_model(vggt, "taptq", "w4a8", nogt, {"metric": "hessian"})
 
 
 # --- save / load ----------------------------------------------------------------------------------
