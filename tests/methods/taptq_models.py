@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
+import small_models
 import torch
 
 from ptq3d.datasets.synthetic import generate_scene
 from ptq3d.methods.calibration import CalibrationSet
-from ptq3d.models import load_model
-from ptq3d.models.layers import DinoV2Config
 from ptq3d.models.pi3 import Pi3, Pi3Adapter
 from ptq3d.models.pi3.config import Pi3Config, Pi3EncoderConfig, Pi3HeadDecoderConfig
-from ptq3d.models.vggt.config import VGGTConfig
-
-
-def small_vggt_config(dim: int = 64, depth: int = 2, img: int = 56) -> VGGTConfig:
-    return VGGTConfig(
-        img_size=img,
-        dino=DinoV2Config(img_size=img, embed_dim=dim, depth=1, num_heads=2, num_register_tokens=4),
-        embed_dim=dim,
-        depth=depth,
-        num_heads=2,
-        camera_trunk_depth=1,
-        camera_num_heads=2,
-        dpt_features=16,
-        dpt_out_channels=(16, 16, 32, 32),
-        dpt_intermediate_layer_idx=(0, 0, depth - 1, depth - 1),
-    )
 
 
 def small_pi3_config(dim: int = 64, img: int = 56) -> Pi3Config:
@@ -41,9 +24,11 @@ def small_pi3_config(dim: int = 64, img: int = 56) -> Pi3Config:
     )
 
 
-def small_vggt(seed: int = 0, **kw):
-    torch.manual_seed(seed)
-    return load_model(small_vggt_config(**kw))
+def small_vggt(seed: int = 0, dim: int = 64, depth: int = 2, img: int = 56):
+    """2 heads, VGGT's LayerScale init, the DPT heads reading the first and the last pair."""
+    return small_models.small_vggt(
+        seed, dim=dim, heads=2, depth=depth, img=img, dpt_idx=(0, 0, depth - 1, depth - 1)
+    )
 
 
 def small_pi3(seed: int = 0, **kw):

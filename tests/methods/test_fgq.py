@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import small_models
 import torch
 
 from ptq3d.errors import ConfigError, DataError
@@ -23,30 +24,14 @@ from ptq3d.methods.fgq import (
     save_fgq,
 )
 from ptq3d.methods.flatquant import block_loss
-from ptq3d.models import load_model
-from ptq3d.models.layers import DinoV2Config
-from ptq3d.models.vggt.config import VGGTConfig
 
 
 def small_vggt(seed: int = 0, depth: int = 3, dpt_idx=(0, 0, 1, 1)):
-    """Seeded random init of a small VGGT (width 64, 4 heads, `depth` frame/global pairs, 56x56 images).
-    With the default dpt_idx and depth 3 the DPT heads never read pair 2 (blocks 4 and 5)."""
-    dim, heads, img = 64, 4, 56
-    cfg = VGGTConfig(
-        img_size=img,
-        dino=DinoV2Config(img_size=img, embed_dim=dim, depth=1, num_heads=heads, num_register_tokens=4),
-        embed_dim=dim,
-        depth=depth,
-        num_heads=heads,
-        init_values=0.5,
-        camera_trunk_depth=1,
-        camera_num_heads=heads,
-        dpt_features=16,
-        dpt_out_channels=(8, 16, 32, 32),
-        dpt_intermediate_layer_idx=dpt_idx,
+    """Width 64, 4 heads, `depth` frame/global pairs, 56x56 images, LayerScale 0.5. With the default dpt_idx
+    and depth 3 the DPT heads never read pair 2 (blocks 4 and 5)."""
+    return small_models.small_vggt(
+        seed, depth=depth, init_values=0.5, dpt_idx=dpt_idx, dpt_out_channels=(8, 16, 32, 32)
     )
-    torch.manual_seed(seed)
-    return load_model(cfg).eval()
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ method end to end on a small seeded-random VGGT."""
 from __future__ import annotations
 
 import pytest
+import small_models
 import torch
 from torch import nn
 
@@ -23,29 +24,14 @@ from ptq3d.methods.flatquant import (
 )
 from ptq3d.methods.qlinear import QuantLinear
 from ptq3d.methods.quant import QuantSpec, fake_quantize, get_scheme, sqnr_db
-from ptq3d.models import load_model
-from ptq3d.models.layers import DinoV2Config
-from ptq3d.models.vggt.config import VGGTConfig
 
 
 def small_vggt(seed: int = 0, depth: int = 2, dpt_idx=(0, 0, 1, 1)):
-    """Seeded random init of a small VGGT (width 64, 4 heads, `depth` frame/global pairs, 56x56 images)."""
-    dim, heads, img = 64, 4, 56
-    cfg = VGGTConfig(
-        img_size=img,
-        dino=DinoV2Config(img_size=img, embed_dim=dim, depth=1, num_heads=heads, num_register_tokens=4),
-        embed_dim=dim,
-        depth=depth,
-        num_heads=heads,
-        init_values=0.5,  # visible residual branches (VGGT-1B's 0.01 would hide the block's own error)
-        camera_trunk_depth=1,
-        camera_num_heads=heads,
-        dpt_features=16,
-        dpt_out_channels=(8, 16, 32, 32),
-        dpt_intermediate_layer_idx=dpt_idx,
+    """Width 64, 4 heads, `depth` frame/global pairs, 56x56 images; LayerScale 0.5 gives visible residual
+    branches (VGGT-1B's 0.01 would hide the block's own error)."""
+    return small_models.small_vggt(
+        seed, depth=depth, init_values=0.5, dpt_idx=dpt_idx, dpt_out_channels=(8, 16, 32, 32)
     )
-    torch.manual_seed(seed)
-    return load_model(cfg).eval()
 
 
 @pytest.fixture(scope="module")

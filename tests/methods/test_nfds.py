@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from small_models import small_vggt
 from toy_model import ToyGeometryModel, toy_scenes
 
 from ptq3d.datasets.synthetic import generate_scene
@@ -22,26 +23,6 @@ from ptq3d.methods.nfds import (
     pick_per_cluster,
     zscore_filter,
 )
-from ptq3d.models import load_model
-from ptq3d.models.layers import DinoV2Config
-from ptq3d.models.vggt.config import VGGTConfig
-
-
-def small_vggt(seed: int = 0, dim: int = 64, heads: int = 4, depth: int = 2, img: int = 56):
-    cfg = VGGTConfig(
-        img_size=img,
-        dino=DinoV2Config(img_size=img, embed_dim=dim, depth=1, num_heads=heads),
-        embed_dim=dim,
-        depth=depth,
-        num_heads=heads,
-        camera_trunk_depth=1,
-        camera_num_heads=heads,
-        dpt_features=16,
-        dpt_out_channels=(16, 16, 32, 32),
-        dpt_intermediate_layer_idx=(0, 0, 1, 1),
-    )
-    torch.manual_seed(seed)
-    return load_model(cfg)
 
 
 def corrupted(scene, k):

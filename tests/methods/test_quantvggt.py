@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import small_models
 import torch
 from torch import nn
 
@@ -16,31 +17,14 @@ from ptq3d.methods.calibration import CalibrationSet
 from ptq3d.methods.quant import QuantSpec, Scheme, sqnr_db
 from ptq3d.methods.quantvggt import VARIANTS, QuantVGGTConfig, SmoothRotLinear
 from ptq3d.methods.transforms import HadamardRotation
-from ptq3d.models import load_model
-from ptq3d.models.layers import DinoV2Config
-from ptq3d.models.vggt.config import VGGTConfig
 
 FAST = {"epochs": 2}
 W16A16 = Scheme("w16a16", QuantSpec(16, "channel"), QuantSpec(16, "token", dynamic=True))
 
 
-def small_vggt(seed: int = 0, dim: int = 64, heads: int = 4, depth: int = 2, img: int = 56):
-    """Seeded random VGGT of our own code: DINOv2 1 block, `depth` frame/global pairs at width `dim`."""
-    cfg = VGGTConfig(
-        img_size=img,
-        dino=DinoV2Config(img_size=img, embed_dim=dim, depth=1, num_heads=heads),
-        embed_dim=dim,
-        depth=depth,
-        num_heads=heads,
-        init_values=0.5,  # larger LayerScale than VGGT's 0.01 so random blocks matter
-        camera_trunk_depth=1,
-        camera_num_heads=heads,
-        dpt_features=16,
-        dpt_out_channels=(16, 16, 32, 32),
-        dpt_intermediate_layer_idx=(0, 0, 1, 1),
-    )
-    torch.manual_seed(seed)
-    return load_model(cfg)
+def small_vggt(seed: int = 0, **config):
+    """small_models.small_vggt with LayerScale 0.5, larger than VGGT's 0.01, so random blocks matter."""
+    return small_models.small_vggt(seed, init_values=0.5, **config)
 
 
 @pytest.fixture(scope="module")
