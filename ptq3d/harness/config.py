@@ -69,7 +69,6 @@ from pathlib import Path
 from typing import Any
 
 from ptq3d.errors import ConfigError, UserError
-from ptq3d.harness.ray_executor import parse_ray_options
 from ptq3d.harness.spec import (
     FP_METHOD,
     FP_SCHEME,
@@ -230,6 +229,10 @@ def _entries(src: str, key: str, value: Any) -> list[dict[str, Any]]:
 
 def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path | None = None) -> RunConfig:
     """Validate the structure of a parsed TOML dict and build a RunConfig (names are checked by check_names)."""
+    # the [ray] table's parser lives with the Ray executor (it imports no ray); imported here so that reading a
+    # config does not pull in the executors and the runner
+    from ptq3d.harness.ray_executor import parse_ray_options
+
     src = source
     for key in data:
         if key not in _TOP_KEYS:

@@ -24,10 +24,6 @@ DEFAULT_METRICS: tuple[str, ...] = (
     "points.nc",
 )
 
-# Calibration scenes for the synthetic protocols. Training-range seeds, so they are disjoint from every
-# evaluation protocol (the synthetic-* evaluation protocols draw held-out seeds >= 1e9).
-CALIBRATION_PROTOCOL = "synthetic-calib"
-
 
 def state_hash(module) -> str:
     """SHA-256 (16 hex) over a module's state_dict names, dtypes, shapes and bytes."""
@@ -130,9 +126,8 @@ class RealComponents(Components):
 
         spec = get_method(method)
         cfg = spec.make_config(config)
-        if getattr(cfg, "weight_method", None) == "gptq":
-            # QuaRot with GPTQ weights calibrates, although its registry entry says "static_act" only
-            return True
+        if spec.needs_calibration(False, cfg):
+            return True  # calibrates whatever the activations (e.g. QuaRot with GPTQ weights)
         static = bool(getattr(cfg, "act_static", False))
         if scheme is not None:
             s = get_scheme(scheme)

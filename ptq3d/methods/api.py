@@ -193,8 +193,12 @@ def quantize_model(
     if method != "fp":
         _check_widths(model, scheme_obj, scope)
     static = scheme_obj.act is not None and not scheme_obj.act.dynamic
-    if spec.needs_calibration(static) and calibration is None:
-        why = "static activation ranges" if spec.requires_calibration == "static_act" else "its statistics"
+    if spec.needs_calibration(static, cfg) and calibration is None:
+        why = (
+            "static activation ranges"
+            if spec.requires_calibration == "static_act" and static
+            else "its statistics"
+        )
         raise ConfigError(f"method '{method}' needs a calibration set for {why}; pass calibration=")
     if calibration is not None and not isinstance(calibration, CalibrationSet):
         raise ConfigError(f"calibration must be a CalibrationSet, got {type(calibration).__name__}")

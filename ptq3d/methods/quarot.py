@@ -32,6 +32,10 @@ class QuaRotConfig(GPTQConfig):
     weight_method: str = "gptq"
     seed: int = 0
 
+    def needs_calibration(self) -> bool:
+        """GPTQ weights need calibration inputs whatever the activations (see MethodSpec.needs_calibration)."""
+        return self.weight_method == "gptq"
+
 
 def site_seed(seed: int, site: str) -> int:
     """A stable per-site seed (independent of Python's hash randomisation)."""
@@ -51,11 +55,7 @@ def quantize_quarot(model, calibration, scheme, config: QuaRotConfig, ctx) -> No
     if config.weight_method not in ("rtn", "gptq"):
         raise ConfigError(f"quarot weight_method={config.weight_method!r}: use 'rtn' or 'gptq'")
     make = rotation_for(config.seed)
-    if config.weight_method == "gptq":
-        if calibration is None:
-            raise ConfigError(
-                "quarot with weight_method 'gptq' needs a calibration set (or use weight_method=rtn)"
-            )
+    if config.weight_method == "gptq":  # calibration is guaranteed: QuaRotConfig.needs_calibration
         ctx.blockwise(calibration, lambda bd: gptq_calibrate_block(bd, scheme, config, make))
         return
     if calibration is None:

@@ -54,7 +54,9 @@ class MethodConfig:
 class MethodSpec:
     """A registered method: name, its function, its config dataclass and its documented choices.
 
-    requires_calibration: "always", "never" or "static_act" (only when activations are static).
+    requires_calibration: "always", "never" or "static_act" (only when activations are static). A config
+        dataclass may refine it per instance with a method `needs_calibration() -> bool` (True: this config
+        calibrates whatever the activations, e.g. QuaRot with GPTQ weights).
     propagate: how the block loop feeds the next block: "fp" (outputs of the FP block) or "quantized".
     """
 
@@ -69,7 +71,10 @@ class MethodSpec:
     def make_config(self, config: Any = None) -> Any:
         return make_config(self.config_cls, config, what=f"method '{self.name}'")
 
-    def needs_calibration(self, static_act: bool) -> bool:
+    def needs_calibration(self, static_act: bool, config: Any = None) -> bool:
+        """Whether a run with (static or dynamic) activations and this method config needs calibration data."""
+        if config is not None and hasattr(config, "needs_calibration") and config.needs_calibration():
+            return True
         return self.requires_calibration == "always" or (
             self.requires_calibration == "static_act" and static_act
         )
@@ -163,7 +168,8 @@ def list_methods() -> list[str]:
 
 
 def register_calibration_builder(name: str) -> Callable[[Callable], Callable]:
-    """Decorator registering `builder(pool, n, seed, **kw) -> CalibrationSet` as `name`."""
+    """Decorator registering `builder(pool, n, seed, model=None, **kw) -> CalibrationSet` as `name`; callers
+    always pass the FP GeometryModel as `model` (builders that score candidates with it need it, others ignore it)."""
 
     def deco(fn: Callable) -> Callable:
         _BUILDERS[name] = fn

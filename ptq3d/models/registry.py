@@ -213,12 +213,13 @@ def _reset_constant_buffers(module: nn.Module) -> bool:
 def _fill_constant_defaults(module: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
     """Complete `state` (in place) with constant buffers the checkpoint lacks, where the model declares them
     through constant_state_defaults(). Returns the filled keys (also logged)."""
-    defaults = getattr(module, "constant_state_defaults", None)
-    if defaults is None:
+    make_defaults = getattr(module, "constant_state_defaults", None)
+    if make_defaults is None:
         return []
-    filled = sorted(k for k in defaults() if k not in state)
+    defaults = make_defaults()
+    filled = sorted(k for k in defaults if k not in state)
     for k in filled:
-        state[k] = defaults()[k]
+        state[k] = defaults[k]
     if filled:
         log.warning("checkpoint lacks constant buffers %s; filled with their fixed values", ", ".join(filled))
     return filled

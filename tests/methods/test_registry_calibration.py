@@ -112,6 +112,10 @@ def test_empty_or_missing_calibration_errors(toy, toy_calib):
         quantize_model(toy, "gptq", "w4a8", None)
     with pytest.raises(ConfigError, match="needs a calibration set"):
         quantize_model(toy, "rtn", "w8a8", None, {"act_static": True})
+    # a config can ask for calibration whatever the activations: QuaRot with GPTQ weights, not with RTN ones
+    with pytest.raises(ConfigError, match="needs a calibration set for its statistics"):
+        quantize_model(toy, "quarot", "w8a8", None)
+    assert quantize_model(toy, "quarot", "w8a8", None, {"weight_method": "rtn"}).method == "quarot"
 
 
 def test_impossible_scheme_errors(toy, toy_calib):
