@@ -371,6 +371,15 @@ def select_frames(sample: SceneSample, idx: list[int]) -> SceneSample:
 
 
 # ---------------------------------------------------------------------------------------------- published
+# the bundled vggt-tiny-synthetic model's images and scene distribution (ptq3d.harness.train_tiny)
+_BUNDLED_MODEL_SCENES = (
+    ("height", 112),
+    ("width", 112),
+    ("scene_config", (("compass_walls", True),)),
+    ("camera_config", (("first_azimuth_deg", 0.0),)),
+)
+
+
 def _published() -> list[Protocol]:
     from ptq3d.datasets.co3d import SEEN_CATEGORIES
     from ptq3d.datasets.eth3d import SCENES as ETH3D_SCENES
@@ -495,14 +504,15 @@ def _published() -> list[Protocol]:
         ),  # fmt: skip
         Protocol(
             name="synthetic-heldout-112",
-            version=1,
+            version=2,  # v2: compass walls, the bundled model's training distribution
             dataset="synthetic",
             sampling="all",
             resolution=112,
             preprocessing="crop",
-            options=(("num_scenes", 32), ("num_frames", 8), ("height", 112), ("width", 112)),
+            options=(("num_scenes", 32), ("num_frames", 8), *_BUNDLED_MODEL_SCENES),
             description="32 held-out synthetic scenes (seeds 1e9 + i, never used for training), 8 ordered views on "
-            "a 90-degree orbit at 112x112, the resolution of the bundled vggt-tiny-synthetic model",
+            "a 90-degree orbit at 112x112 in rooms with compass walls: the resolution and scene distribution of "
+            "the bundled vggt-tiny-synthetic model",
             source="ptq3d.datasets.synthetic; ptq3d.harness.train_tiny",
         ),  # fmt: skip
         Protocol(
@@ -520,15 +530,16 @@ def _published() -> list[Protocol]:
         ),  # fmt: skip
         Protocol(
             name="synthetic-calib-112",
-            version=1,
+            version=2,  # v2: compass walls, as synthetic-heldout-112 v2
             dataset="synthetic",
             scenes=tuple(f"seed-{s}" for s in range(101, 117)),
             sampling="all",
             resolution=112,
             preprocessing="crop",
-            options=(("num_frames", 4), ("height", 112), ("width", 112)),
-            description="16 synthetic calibration scenes (training-range seeds 101-116), 4 views at 112x112 (the "
-            "bundled model's resolution); disjoint from the held-out evaluation scenes",
+            options=(("num_frames", 4), *_BUNDLED_MODEL_SCENES),
+            description="16 synthetic calibration scenes (training-range seeds 101-116), 4 views at 112x112 in "
+            "rooms with compass walls (the bundled model's resolution and scene distribution); disjoint from the "
+            "held-out evaluation scenes",
             source="ptq3d.datasets.synthetic",
         ),  # fmt: skip
     ]

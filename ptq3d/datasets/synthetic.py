@@ -51,6 +51,10 @@ class CameraConfig:
     target_jitter: float = 0.25  # metres, per view
     fov_deg: tuple[float, float] = (55.0, 70.0)  # horizontal field of view, one per scene
     ordered: bool = True  # views in arc order (video-like); False shuffles them
+    # first_azimuth_deg: orbit: the first view looks from this azimuth about the look-at target; forward: the
+    # path's viewing direction comes from it (None: a random azimuth). With SceneConfig.compass_walls it ties
+    # the first camera's frame to the room's walls
+    first_azimuth_deg: float | None = None
 
 
 @dataclass(frozen=True)
@@ -63,10 +67,19 @@ class SceneConfig:
     num_spheres: tuple[int, int] = (1, 3)
     open_sides: tuple[str, ...] = ()
     shading: bool = True
+    # compass_walls=True: each wall's first colour is fixed by the direction it faces (COMPASS_COLOURS), so a
+    # single view tells which way it looks, as distinct walls do in a real room
+    compass_walls: bool = False
 
 
 _FACES = {"-x": (0, 0), "+x": (0, 1), "floor": (1, 0), "ceiling": (1, 1), "-z": (2, 0), "+z": (2, 1)}
 _TEXTURE_KINDS = ("checker", "stripes", "noise", "rings")
+COMPASS_COLOURS = {  # wall -> first texture colour under SceneConfig.compass_walls
+    "-x": (0.15, 0.25, 0.85),
+    "+x": (0.85, 0.15, 0.15),
+    "-z": (0.9, 0.8, 0.15),
+    "+z": (0.15, 0.75, 0.25),
+}
 _LIGHT = np.array([0.3, 0.8, 0.5]) / np.linalg.norm([0.3, 0.8, 0.5])
 
 
@@ -123,8 +136,12 @@ def _value_noise(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
     return (n00 * (1 - sx) + n10 * sx) * (1 - sy) + (n01 * (1 - sx) + n11 * sx) * sy
 
 
-def _random_texture(rng: np.random.Generator) -> Texture:
+def _random_texture(
+    rng: np.random.Generator, first_colour: tuple[float, float, float] | None = None
+) -> Texture:
     c1 = rng.uniform(0.05, 0.95, 3)
+    if first_colour is not None:  # drawn anyway, so the rest of the scene's stream is unchanged
+        c1 = np.array(first_colour)
     c2 = np.clip(1.0 - c1 + rng.normal(0, 0.15, 3), 0.0, 1.0)  # contrasting second colour
     return Texture(
         kind=str(rng.choice(_TEXTURE_KINDS)),
@@ -256,7 +273,9 @@ def make_geometry(seed: int, config: SceneConfig = SceneConfig()) -> SyntheticSc
     room = Room(
         lo=np.array([-ax, 0.0, -az]),
         hi=np.array([ax, hy, az]),
-        textures=[_random_texture(rng) for _ in _FACES],
+        textures=[
+            _random_texture(rng, COMPASS_COLOURS.get(f) if config.compass_walls else None) for f in _FACES
+        ],
         open_faces=tuple(_FACES[s] for s in config.open_sides),
     )
     objects: list = []
@@ -300,6 +319,9 @@ def make_cameras(
     frac = np.linspace(-0.5, 0.5, num_frames) if num_frames > 1 else np.zeros(1)
     if not config.ordered:
         frac = rng.permutation(frac)
+    if config.first_azimuth_deg is not None:  # az0 is drawn anyway, so the rest of the stream is unchanged
+        first = np.deg2rad(config.first_azimuth_deg)
+        az0 = first - np.deg2rad(config.azimuth_span_deg) * frac[0] if config.mode == "orbit" else first
     margin = 0.25
     lo, hi = scene.room.lo + margin, scene.room.hi - margin
     extrinsics = []

@@ -349,11 +349,11 @@ def random_pool(
 
 
 def synthetic_pool(
-    n: int, num_frames: int = 4, height: int = 112, width: int = 112, first_seed: int = 0
+    n: int, num_frames: int = 4, height: int = 112, width: int = 112, first_seed: int = 0, scene_config=None
 ) -> list[SceneSample]:
     """n calibration candidate scenes from ptq3d.datasets.synthetic.generate_scene with seeds first_seed + i
-    (training seeds; held-out evaluation seeds are refused). Falls back to random_pool if the generator is
-    unavailable."""
+    (training seeds; held-out evaluation seeds are refused), with the generator's SceneConfig `scene_config`
+    (None: its default). Falls back to random_pool if the generator is unavailable."""
     try:
         from ptq3d.datasets.synthetic import generate_scene, is_heldout_seed
     except ImportError:
@@ -363,5 +363,6 @@ def synthetic_pool(
         seed = first_seed + i
         if is_heldout_seed(seed):
             raise ConfigError(f"calibration seed {seed} is a held-out evaluation seed; use a training seed")
-        out.append(generate_scene(seed, num_frames, height, width))
+        kwargs = {} if scene_config is None else {"scene": scene_config}
+        out.append(generate_scene(seed, num_frames, height, width, **kwargs))
     return out

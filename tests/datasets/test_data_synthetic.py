@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from ptq3d.datasets.geometry import project, unproject_depth
 from ptq3d.datasets.synthetic import (
+    COMPASS_COLOURS,
     HELDOUT_SEEDS,
     TRAIN_SEEDS,
     CameraConfig,
@@ -14,6 +16,7 @@ from ptq3d.datasets.synthetic import (
     generate_scene,
     heldout_seed,
     is_heldout_seed,
+    make_geometry,
     write_synthetic_dataset,
 )
 from ptq3d.errors import ConfigError, UserError
@@ -59,6 +62,46 @@ def test_open_side_gives_invalid_pixels():
     assert (s.depth[~s.valid_mask] == 0).all()
     with pytest.raises(ConfigError, match="unknown room side"):
         generate_scene(2, num_frames=1, height=8, width=8, scene=SceneConfig(open_sides=("roof",)))
+
+
+def test_compass_walls_fix_the_wall_colours_and_nothing_else():
+    plain, compass = make_geometry(9), make_geometry(9, SceneConfig(compass_walls=True))
+    faces = ("-x", "+x", "floor", "ceiling", "-z", "+z")  # the generator's face order
+    for face, a, b in zip(faces, plain.room.textures, compass.room.textures, strict=True):
+        if face in COMPASS_COLOURS:
+            np.testing.assert_array_equal(b.c1, COMPASS_COLOURS[face])
+            assert not np.allclose(a.c1, b.c1)
+        else:  # floor and ceiling keep their random texture
+            np.testing.assert_array_equal(a.c1, b.c1)
+        assert (a.kind, a.scale, a.angle, a.seed) == (b.kind, b.scale, b.angle, b.seed)
+    np.testing.assert_array_equal(plain.room.lo, compass.room.lo)
+    np.testing.assert_array_equal(plain.target, compass.target)
+    assert [type(o) for o in plain.objects] == [type(o) for o in compass.objects]
+    # same geometry and cameras, other pixels
+    s0 = generate_scene(9, num_frames=2, height=24, width=24)
+    s1 = generate_scene(9, num_frames=2, height=24, width=24, scene=SceneConfig(compass_walls=True))
+    assert np.array_equal(s0.depth.numpy(), s1.depth.numpy())
+    assert np.array_equal(s0.extrinsics.numpy(), s1.extrinsics.numpy())
+    assert not np.array_equal(s0.images.numpy(), s1.images.numpy())
+
+
+@pytest.mark.parametrize("mode,ordered", [("orbit", True), ("orbit", False), ("forward", True)])
+def test_first_azimuth_fixes_where_the_first_view_looks_from(mode, ordered):
+    for seed in (1, 2):
+        cam = CameraConfig(mode=mode, ordered=ordered, first_azimuth_deg=0.0, elevation_deg=(10.0, 10.0),
+                           target_jitter=0.0, roll_deg=0.0)  # fmt: skip
+        s = generate_scene(seed, num_frames=5, height=16, width=16, camera=cam)
+        R, t = s.extrinsics[0, :, :3].double(), s.extrinsics[0, :, 3].double()
+        centre = -R.T @ t
+        forward = R[2]
+        assert centre[2] > 0 and forward[2] < -0.9, forward  # at +z of the target, looking towards -z
+        if mode == "orbit":  # exactly: azimuth 0, 10 degrees down (forward paths step sideways from it)
+            assert abs(float(forward[0])) < 1e-6, forward
+            assert float(torch.rad2deg(torch.asin(-forward[1]))) == pytest.approx(10.0, abs=1e-4)
+        free = generate_scene(
+            seed, num_frames=5, height=16, width=16, camera=CameraConfig(mode=mode, ordered=ordered)
+        )
+        assert np.array_equal(free.depth.shape, s.depth.shape)
 
 
 def test_camera_distribution_is_configurable():

@@ -108,6 +108,28 @@ def test_batches_are_normalised_and_from_the_pool(tmp_path):
     assert float(batch["images"].min()) >= 0.0 and float(batch["images"].max()) <= 1.0
 
 
+def test_draws_start_at_the_anchored_first_view(tmp_path):
+    cfg = tt.TrainConfig(**{**SMALL, "frames": (3, 3)}, shuffle_prob=0.5)
+    pool = tt.build_pool(cfg, cache_dir=tmp_path)
+    anchored, free = (
+        tt.BatchSampler(pool, cfg, seed=0),
+        tt.BatchSampler(pool, dataclasses.replace(cfg, anchor_first_view=False), seed=0),
+    )
+    rows = torch.cat([anchored.draw()["views"] for _ in range(20)])
+    assert (rows[:, 0] == 0).all() and all(len(set(r.tolist())) == 3 for r in rows)  # frame 0, then 2 others
+    assert (rows[:, 1] > rows[:, 2]).any() and (
+        rows[:, 1] < rows[:, 2]
+    ).any()  # the others: sorted or shuffled
+    assert (torch.cat([free.draw()["views"] for _ in range(20)])[:, 0] != 0).any()
+    # path frame 0 of every training scene looks from azimuth 0 (from +z towards -z) in a compass-walled room
+    camera, scene = tt.random_scene_configs(3)
+    assert camera.first_azimuth_deg == 0.0 and scene.compass_walls
+    for i in range(len(pool)):
+        R = pool.extrinsics[i, 0, :, :3].double()
+        forward = R[2]  # the camera's +z axis in world coordinates
+        assert forward[2] < -0.7, forward  # looks roughly along -z (elevation and look-at jitter aside)
+
+
 def test_trivial_predictors_score_as_documented(scene):
     preds = tt.trivial_predictions(scene)
     p = preds["identical_cameras"]
@@ -115,7 +137,19 @@ def test_trivial_predictors_score_as_documented(scene):
     valid = scene.valid_mask
     assert torch.allclose(p.depth[0][valid], scene.depth[valid].mean().expand(int(valid.sum())))
     assert torch.allclose(p.world_points[0, ..., 2], p.depth[0])  # a fronto-parallel plane at the mean depth
+    motion = preds["mean_motion"].extrinsics[0]
+    assert torch.equal(motion[0], torch.eye(3, 4)) and all(torch.equal(motion[1], m) for m in motion[2:])
+    R = motion[1, :, :3].double()
+    assert torch.allclose(R @ R.T, torch.eye(3, dtype=torch.float64), atol=1e-5) and float(torch.det(R)) > 0
+    # two views: the mean motion is the true relative pose
+    two = dataclasses.replace(scene, extrinsics=scene.extrinsics[:2], images=scene.images[:2])
+    E = two.extrinsics.double()
+    R10 = E[1, :, :3] @ E[0, :, :3].T
+    got = tt.trivial_predictions(two)["mean_motion"].extrinsics[0, 1].double()
+    assert torch.allclose(got[:, :3], R10, atol=1e-5)
+    assert torch.allclose(got[:, 3], E[1, :, 3] - R10 @ E[0, :, 3], atol=1e-5)
     res = tt.evaluate({}, [scene], alignment=tt.check_policy())
+    assert res["mean_motion"]["pose.rot_err_mean"][0] < res["identical_cameras"]["pose.rot_err_mean"][0]
     assert (
         res["identical_cameras"]["pose.auc@30"][0] == 0.0
     )  # zero translation: direction undefined, 90 degrees

@@ -56,18 +56,44 @@ def test_heldout_check_matches_the_model_card(bundled, check_scenes):
         assert not bad, f"{predictor}: (measured, model card) differ: {bad}"
 
 
+def _angle_to_first_view(extrinsics: torch.Tensor) -> torch.Tensor:
+    """extrinsics [S, 3, 4] camera-from-world -> rotation angle (degrees) of every view relative to view 0, [S]."""
+    R = extrinsics[:, :, :3].double()
+    rel = R @ R[0].T
+    cos = ((rel.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1)
+    return torch.rad2deg(torch.arccos(cos))
+
+
+def test_predicted_poses_follow_the_views(bundled, check_scenes):
+    """The camera head reads the images: along the held-out orbit the predicted rotation to the first view grows
+    with the true one (a head collapsed to the mean relative pose predicts one angle for every view)."""
+    from scipy.stats import spearmanr
+
+    rhos, spreads = [], []
+    for scene in check_scenes:
+        pred = _angle_to_first_view(bundled.predict(scene.images[None]).extrinsics[0])[1:]
+        true = _angle_to_first_view(scene.extrinsics)[1:]
+        rhos.append(spearmanr(pred.numpy(), true.numpy()).statistic)
+        spreads.append(float(pred.max() - pred.min()))
+    assert sum(rhos) / len(rhos) > 0.6 and sum(r > 0.8 for r in rhos) >= 3, (
+        rhos
+    )  # measured: 0.96 0.25 0.93 0.96
+    assert min(spreads) > 20.0, spreads  # degrees between the least and the most rotated view
+
+
 def test_model_card_numbers_beat_the_trivial_predictors():
     h = CARD["heldout"]
     fp = h["fp"]
     assert CARD["num_scenes"] == 32 and CARD["protocol"] == tt.TINY_HELDOUT_PROTOCOL.name
     assert CARD["protocol_hash"] == tt.TINY_HELDOUT_PROTOCOL.hash
     assert fp["depth.abs_rel"] <= 0.5 * h["mean_depth"]["depth.abs_rel"]
-    # the plane's accuracy is competitive (accuracy ignores coverage); completeness and Chamfer are not
-    assert fp["points.chamfer"] <= 0.6 * h["plane_points"]["points.chamfer"]
-    assert fp["points.comp"] <= 0.5 * h["plane_points"]["points.comp"]
-    # pose is only weakly learned: better than the identity, far from VGGT-1B (see README.md)
+    for metric in ("points.acc", "points.comp", "points.chamfer"):
+        assert fp[metric] <= 0.8 * h["plane_points"][metric], metric
+    # identical cameras score AUC 0 by construction; the mean-motion oracle is the bar a blind camera head meets
     assert fp["pose.auc@30"] >= 2 * h["identical_cameras"]["pose.auc@30"]
-    assert fp["pose.rot_err_mean"] < h["identical_cameras"]["pose.rot_err_mean"] - 3
+    assert fp["pose.auc@30"] >= 2 * h["mean_motion"]["pose.auc@30"]
+    assert fp["pose.rra@30"] >= h["mean_motion"]["pose.rra@30"] + 0.2
+    assert fp["pose.rot_err_mean"] <= h["mean_motion"]["pose.rot_err_mean"] - 5
 
 
 def test_outlier_variant_separates_rtn_from_smoothing_and_rotation():
@@ -76,11 +102,14 @@ def test_outlier_variant_separates_rtn_from_smoothing_and_rotation():
     assert o["fp_outliers"]["points.chamfer"] == pytest.approx(fp["points.chamfer"], rel=1e-3)
     rtn = o["rtn_w4a4_outliers"]
     assert rtn["points.chamfer"] > 1.15 * fp["points.chamfer"]
-    assert rtn["pose.rot_err_mean"] > fp["pose.rot_err_mean"] + 2
+    assert rtn["pose.rot_err_mean"] > fp["pose.rot_err_mean"] + 10
+    assert rtn["pose.auc@30"] < 0.5 * fp["pose.auc@30"]
     for method in ("smoothquant", "quarot"):
         rec = o[f"{method}_w4a4_outliers"]
         assert rec["points.chamfer"] < 1.02 * fp["points.chamfer"], method
-        assert rec["pose.rot_err_mean"] < fp["pose.rot_err_mean"] + 0.5, method
+        for metric in ("pose.rot_err_mean", "points.chamfer"):  # recovers at least 90 % of what RTN loses
+            recovered = (rtn[metric] - rec[metric]) / (rtn[metric] - fp[metric])
+            assert recovered > 0.9, (method, metric, recovered)
 
 
 def test_readme_quotes_the_model_card():

@@ -11,7 +11,7 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train-tiny",
-        help="train the tiny VGGT of the bundled default model on synthetic scenes (CPU: about 45 min)",
+        help="train the tiny VGGT of the bundled default model on synthetic scenes (CPU: about 40 min)",
         description="Reproduce the bundled vggt-tiny-synthetic weights: generate the training scenes (training "
         "seeds only), train with VGGT's losses, write safetensors and score the held-out protocol.",
     )
