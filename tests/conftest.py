@@ -22,3 +22,15 @@ def reference_dir() -> Path:
             pytrace=False,
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is ~10x faster than two that contend. Test
+    folders that want it request it from an autouse fixture of their conftest."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

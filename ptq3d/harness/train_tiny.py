@@ -99,9 +99,8 @@ class TrainConfig:
     depth_weight: float = 1.0
     point_weight: float = 1.0
     colour_jitter: float = 0.15
-    anchor_first_view: bool = (
-        True  # the reference view of every draw is path frame 0 (it faces the room's -z)
-    )
+    # the reference view of every draw is path frame 0 (it faces the room's -z); False: any view of the path
+    anchor_first_view: bool = True
     threads: int = 1
     log_every: int = 25
     checkpoint_every_s: float = 300.0
@@ -223,6 +222,16 @@ def build_pool(cfg: TrainConfig, workers: int = 1, cache_dir: str | Path | None 
     return pool
 
 
+def relative_to_first(extrinsics: torch.Tensor) -> torch.Tensor:
+    """extrinsics [..., S, 3, 4] camera-from-world -> [..., S, 3, 4] camera-from-first-camera:
+    R_i R_0^T and t_i - R_i R_0^T t_0 (the first camera becomes the identity)."""
+    R, t = extrinsics[..., :3], extrinsics[..., 3]
+    R0, t0 = R[..., :1, :, :], t[..., :1, :]
+    Rn = R @ R0.transpose(-1, -2)
+    tn = t - (Rn @ t0[..., None])[..., 0]
+    return torch.cat([Rn, tn[..., None]], dim=-1)
+
+
 def first_camera_normalisation(
     depth: torch.Tensor, intrinsics: torch.Tensor, extrinsics: torch.Tensor
 ) -> dict[str, torch.Tensor]:
@@ -248,10 +257,8 @@ def first_camera_normalisation(
     dist = pts.norm(dim=-1) * valid
     scale = dist.sum((1, 2, 3)) / valid.sum((1, 2, 3)).clamp_min(1)
     scale = scale.clamp_min(1e-6)
-    # camera-from-camera0: R_i R0^T, t_i - R_i R0^T t0
-    Rn = R @ R0.transpose(-1, -2)
-    tn = t - (Rn @ t0[..., None])[..., 0]
-    ext = torch.cat([Rn, (tn / scale[:, None, None])[..., None]], dim=-1)
+    rel = relative_to_first(extrinsics)
+    ext = torch.cat([rel[..., :3], rel[..., 3:] / scale[:, None, None, None]], dim=-1)
     s4 = scale[:, None, None, None]
     return {
         "depth": depth / s4,
@@ -277,21 +284,17 @@ class BatchSampler:
         self.rng.bit_generator.state = state
 
     def draw(self) -> dict[str, torch.Tensor]:
-        """-> images [B, S, 3, H, W] float in [0, 1], the normalised GT (first_camera_normalisation) and where
-        they come from: scenes [B] (pool rows), views [B, S] (path frames)."""
+        """-> images [B, S, 3, H, W] float in [0, 1], the normalised GT (first_camera_normalisation) and the
+        path frames drawn, views [B, S]."""
         cfg, rng = self.cfg, self.rng
         S = int(rng.integers(cfg.frames[0], cfg.frames[1] + 1))
         B = min(max(1, cfg.frames_per_step // S), len(self.pool))
         scenes = rng.choice(len(self.pool), B, replace=False)
         idx = []
+        first = np.zeros(1 if cfg.anchor_first_view else 0, dtype=np.int64)  # path frame 0, when anchored
         for _ in range(B):
-            if cfg.anchor_first_view:  # path frame 0 first, then a subset of the others
-                rest = 1 + rng.choice(cfg.pool_frames - 1, S - 1, replace=False)
-                rest = rest if rng.random() < cfg.shuffle_prob else np.sort(rest)
-                idx.append(np.concatenate([[0], rest]))
-                continue
-            views = rng.choice(cfg.pool_frames, S, replace=False)
-            idx.append(views if rng.random() < cfg.shuffle_prob else np.sort(views))
+            rest = len(first) + rng.choice(cfg.pool_frames - len(first), S - len(first), replace=False)
+            idx.append(np.concatenate([first, rest if rng.random() < cfg.shuffle_prob else np.sort(rest)]))
         si = torch.as_tensor(scenes)[:, None]
         vi = torch.as_tensor(np.stack(idx))
         images = self.pool.images[si, vi].float() / 255.0
@@ -302,7 +305,7 @@ class BatchSampler:
         gt = first_camera_normalisation(
             self.pool.depth[si, vi], self.pool.intrinsics[si, vi], self.pool.extrinsics[si, vi]
         )
-        return {"images": images, **gt, "scenes": si[:, 0], "views": vi}
+        return {"images": images, **gt, "views": vi}
 
 
 # ---------------------------------------------------------------------------------------------- losses
@@ -587,9 +590,8 @@ def trivial_predictions(sample: SceneSample) -> dict[str, Predictions]:
     plane = torch.stack([x, y, torch.full_like(x, mean_depth)], -1).float()[None]
     ones = torch.ones(1, S, H, W)
     pred = Predictions(depth, ones, plane, ones, eye, sample.intrinsics[None].clone())
-    E = sample.extrinsics.double()
-    R_rel = E[:, :, :3] @ E[0, :, :3].T  # camera i from camera 0
-    t_rel = E[:, :, 3] - (R_rel @ E[0, :, 3, None])[..., 0]
+    rel = relative_to_first(sample.extrinsics.double())
+    R_rel, t_rel = rel[:, :, :3], rel[:, :, 3]
     U, _, Vt = torch.linalg.svd(R_rel[1:].mean(0))
     R_mean = U @ torch.diag(torch.tensor([1.0, 1.0, float(torch.det(U @ Vt))], dtype=U.dtype)) @ Vt
     moving = eye.clone()
@@ -654,7 +656,8 @@ def check_policy():
 OUTLIER_SCENES = 8  # held-out scenes of the outlier-injection comparison
 # calibration scenes: training-range seeds, disjoint from the training pool and from the held-out set
 CALIBRATION_FIRST_SEED = 500_000_000
-CALIBRATION_SCENE = SceneConfig(compass_walls=True)  # the held-out protocol's scene distribution
+# the calibration scenes are of the held-out protocol's kind (its SceneConfig)
+CALIBRATION_SCENE = SceneConfig(**dict(TINY_HELDOUT_PROTOCOL.option("scene_config")))
 
 
 def model_card_numbers(

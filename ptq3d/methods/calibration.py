@@ -355,7 +355,7 @@ def synthetic_pool(
     (training seeds; held-out evaluation seeds are refused), with the generator's SceneConfig `scene_config`
     (None: its default). Falls back to random_pool if the generator is unavailable."""
     try:
-        from ptq3d.datasets.synthetic import generate_scene, is_heldout_seed
+        from ptq3d.datasets.synthetic import SceneConfig, generate_scene, is_heldout_seed
     except ImportError:
         return random_pool(n, num_frames, height, width, first_seed)
     out = []
@@ -363,6 +363,5 @@ def synthetic_pool(
         seed = first_seed + i
         if is_heldout_seed(seed):
             raise ConfigError(f"calibration seed {seed} is a held-out evaluation seed; use a training seed")
-        kwargs = {} if scene_config is None else {"scene": scene_config}
-        out.append(generate_scene(seed, num_frames, height, width, **kwargs))
+        out.append(generate_scene(seed, num_frames, height, width, scene=scene_config or SceneConfig()))
     return out

@@ -40,11 +40,5 @@ def make_config(tmp_path: Path):
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _one_torch_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is ~10x faster than two that contend."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_torch_thread(one_torch_thread):
+    """Every test here runs the tiny models on one torch thread (tests/conftest.py)."""

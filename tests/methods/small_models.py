@@ -41,3 +41,9 @@ def small_vggt(seed: int = 0, **config):
     """load_model(small_vggt_config(**config)) after torch.manual_seed(seed), in eval mode."""
     torch.manual_seed(seed)
     return load_model(small_vggt_config(**config))
+
+
+def visible_branch_vggt(seed: int = 0, depth: int = 2, dpt_idx: tuple[int, ...] = (0, 0, 1, 1)):
+    """small_vggt with LayerScale 0.5, so each block's own error is visible at its output (VGGT-1B's 0.01 would
+    hide it), and narrow DPT heads (8, 16, 32, 32): the learned-transform methods' test model."""
+    return small_vggt(seed, depth=depth, init_values=0.5, dpt_idx=dpt_idx, dpt_out_channels=(8, 16, 32, 32))

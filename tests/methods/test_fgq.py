@@ -26,18 +26,10 @@ from ptq3d.methods.fgq import (
 from ptq3d.methods.flatquant import block_loss
 
 
-def small_vggt(seed: int = 0, depth: int = 3, dpt_idx=(0, 0, 1, 1)):
-    """Width 64, 4 heads, `depth` frame/global pairs, 56x56 images, LayerScale 0.5. With the default dpt_idx
-    and depth 3 the DPT heads never read pair 2 (blocks 4 and 5)."""
-    return small_models.small_vggt(
-        seed, depth=depth, init_values=0.5, dpt_idx=dpt_idx, dpt_out_channels=(8, 16, 32, 32)
-    )
-
-
 @pytest.fixture(scope="module")
 def model():
     torch.set_num_threads(1)
-    return small_vggt()
+    return small_models.visible_branch_vggt(depth=3)  # the DPT heads never read pair 2 (blocks 4 and 5)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +64,7 @@ def test_fisher_zero_where_head_ignores_block(fisher):
 
 def test_fisher_zero_when_head_input_weights_are_zero(scenes):
     """Zero the depth head's input projections of the last pair: depth Fisher 0 there, points Fisher not."""
-    m = small_vggt(depth=3, dpt_idx=(0, 1, 2, 2))
+    m = small_models.visible_branch_vggt(depth=3, dpt_idx=(0, 1, 2, 2))
     with torch.no_grad():
         for i in (2, 3):
             m.module.depth_head.projects[i].weight.zero_()

@@ -26,18 +26,10 @@ from ptq3d.methods.qlinear import QuantLinear
 from ptq3d.methods.quant import QuantSpec, fake_quantize, get_scheme, sqnr_db
 
 
-def small_vggt(seed: int = 0, depth: int = 2, dpt_idx=(0, 0, 1, 1)):
-    """Width 64, 4 heads, `depth` frame/global pairs, 56x56 images; LayerScale 0.5 gives visible residual
-    branches (VGGT-1B's 0.01 would hide the block's own error)."""
-    return small_models.small_vggt(
-        seed, depth=depth, init_values=0.5, dpt_idx=dpt_idx, dpt_out_channels=(8, 16, 32, 32)
-    )
-
-
 @pytest.fixture(scope="module")
 def model():
     torch.set_num_threads(1)
-    return small_vggt()
+    return small_models.visible_branch_vggt()
 
 
 @pytest.fixture(scope="module")
