@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from ptq3d.methods.gptq import HessianAccumulator, gptq_quantize
-from ptq3d.methods.quant import QuantSpec, compute_qparams, dequantize, fake_quantize, quantize
+from ptq3d.quant.spec import QuantSpec, compute_qparams, dequantize, fake_quantize, quantize
 
 ROWS, COLS, TOKENS = 4096, 1024, 2048
 SPEC = QuantSpec(4, "channel")

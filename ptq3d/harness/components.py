@@ -17,7 +17,7 @@ from functools import cache
 from typing import Any
 
 from ptq3d.errors import ConfigError, UserError, unknown_name_error
-from ptq3d.harness.spec import FP_METHOD, CalibRef, ModelRef, ProtocolRef
+from ptq3d.results.records import FP_METHOD, CalibRef, ModelRef, ProtocolRef
 
 
 @dataclass(frozen=True)

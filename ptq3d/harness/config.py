@@ -69,7 +69,7 @@ from pathlib import Path
 from typing import Any
 
 from ptq3d.errors import ConfigError, UserError
-from ptq3d.harness.spec import (
+from ptq3d.results.records import (
     FP_METHOD,
     FP_SCHEME,
     CalibRef,

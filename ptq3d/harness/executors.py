@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 
 from ptq3d.errors import UserError
 from ptq3d.harness.runner import run_cell
-from ptq3d.harness.spec import CellResult, CellSpec
+from ptq3d.results.records import CellResult, CellSpec
 
 
 class Executor:

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ptq3d.harness.spec import short_hash
+from ptq3d.results.records import short_hash
 
 
 def fp_key(model_hash: str, protocol_hash: str, scene_hash: str, device: str) -> str:

@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any
 
-from ptq3d.harness.spec import StageRecord
+from ptq3d.results.records import StageRecord
 
 
 def _status_kib(field: str) -> int | None:

@@ -43,7 +43,7 @@ from typing import Any
 from ptq3d.errors import ConfigError, UserError
 from ptq3d.harness.executors import Executor
 from ptq3d.harness.fpcache import atomic_write
-from ptq3d.harness.spec import CellResult, CellSpec, short_hash
+from ptq3d.results.records import CellResult, CellSpec, short_hash
 
 INSTALL_HINT = 'the ray executor needs Ray: pip install "ptq3d[distributed]" (or: pip install "ray>=2.9")'
 CACHE_MODES = ("auto", "shared", "object-store")

@@ -11,7 +11,7 @@ from typing import Any
 
 from ptq3d.errors import ConfigError, UserError, unknown_name_error
 from ptq3d.harness.components import Components, MetricInfo, QuantOutcome
-from ptq3d.harness.spec import FP_METHOD, CalibRef, ModelRef, ProtocolRef
+from ptq3d.results.records import FP_METHOD, CalibRef, ModelRef, ProtocolRef
 
 # The headline metrics per task (the tables stay readable); [[protocols]].metrics picks others.
 DEFAULT_METRICS: tuple[str, ...] = (
@@ -82,7 +82,7 @@ class RealComponents(Components):
         return list_metrics()
 
     def list_calibration_builders(self) -> list[str]:
-        from ptq3d.methods.registry import list_calibration_builders
+        from ptq3d.calibration.builders import list_calibration_builders
 
         return list_calibration_builders()
 

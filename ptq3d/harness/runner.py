@@ -24,7 +24,7 @@ from ptq3d.harness import provenance
 from ptq3d.harness.components import Components, get_components
 from ptq3d.harness.fpcache import FPCache, fp_key
 from ptq3d.harness.measure import StageTimer, latency_stats, time_call
-from ptq3d.harness.spec import (
+from ptq3d.results.records import (
     AGGREGATE_SCENE,
     CellResult,
     CellSpec,

@@ -16,8 +16,8 @@ from pathlib import Path
 from ptq3d.harness import provenance
 from ptq3d.harness.config import RunConfig
 from ptq3d.harness.executors import Executor, InProcessExecutor
-from ptq3d.harness.spec import CellResult
-from ptq3d.harness.store import ResultsStore
+from ptq3d.results.records import CellResult
+from ptq3d.results.store import ResultsStore
 
 STORE_NAME = "results.sqlite"
 

@@ -676,9 +676,9 @@ def model_card_numbers(
     activations: quant-site statistics on `stats_scenes` scenes, for the model and the outlier variant."""
     import copy
 
+    from ptq3d.calibration.sets import synthetic_pool
     from ptq3d.harness.analysis import activation_statistics, as_records, summarize_sites
     from ptq3d.methods import build_random, quantize_model
-    from ptq3d.methods.calibration import synthetic_pool
     from ptq3d.models import load_model
     from ptq3d.models.bundled import vggt_tiny_synthetic_config
     from ptq3d.models.bundled.outliers import inject_channel_outliers

@@ -1,6 +1,6 @@
 """`quant_linear_forward`: run a quantized linear layer on the `emulated` or `triton` backend.
 
-The layer (ptq3d.methods.qlinear.QuantLinear, or anything with the same attributes) supplies integer
+The layer (ptq3d.quant.qlinear.QuantLinear, or anything with the same attributes) supplies integer
 weight codes and scales; this module packs them once (cached on the layer, repacked when the codes or
 scales change), quantizes the activations, and calls the backend's GEMM.
 

@@ -4,7 +4,7 @@ These functions define the arithmetic the Triton kernels must reproduce:
 
 - activation codes: q = clamp(round_half_even(x / s), -2^(b-1), 2^(b-1) - 1) with
   s = amax(|x|) * clip_ratio / (2^(b-1) - 1) per token (dynamic; s = 1 where amax = 0, as in
-  ptq3d.methods.quant.qparams_from_range, and at least FLT_MIN) or a given static scale. This is the
+  ptq3d.quant.spec.qparams_from_range, and at least FLT_MIN) or a given static scale. This is the
   fake backend's formula (`QuantLinear.quantize_activation`), so both produce the same codes;
 - integer GEMM: for each weight group g (one group for per-channel / per-tensor weights)
       P_g[m, n] = sum_{k in g} qx[m, k] * qw[n, k]  -  z[n, g] * sum_{k in g} qx[m, k]      (int32, exact)

@@ -24,14 +24,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from ptq3d.calibration.blockwise import QuantContext, replace_module
+from ptq3d.calibration.sets import CalibrationSet
 from ptq3d.errors import CheckpointError, ConfigError, UserError
-from ptq3d.methods.calibration import CalibrationSet
-from ptq3d.methods.context import QuantContext, replace_module
-from ptq3d.methods.qlinear import QuantLinear, set_backend
-from ptq3d.methods.quant import QuantSpec, Scheme, get_scheme
 from ptq3d.methods.registry import get_method
-from ptq3d.methods.stats import CalibrationStats, PeakMemory
 from ptq3d.models.base import GeometryModel
+from ptq3d.quant.qlinear import QuantLinear, set_backend
+from ptq3d.quant.spec import QuantSpec, Scheme, get_scheme
+from ptq3d.quant.stats import CalibrationStats, PeakMemory
 
 FORMAT = "ptq3d.quantized/1"
 STATE_FILE = "model.safetensors"
@@ -277,6 +277,7 @@ def load_quantized(directory: str | Path, model: Any = None) -> QuantizedModel:
         model = load_model(doc["model"]["name"])
     else:
         model = copy.deepcopy(model)
+    spec = get_method(doc["method"])  # imports the method's module (and plugins) so its transform kinds exist
     for site, entry in doc["sites"].items():
         try:
             replace_module(model.module, site, QuantLinear.from_config(entry["layer"]))
@@ -284,7 +285,6 @@ def load_quantized(directory: str | Path, model: Any = None) -> QuantizedModel:
             raise CheckpointError(
                 f"{mpath}: site '{site}' does not exist in model {doc['model']['name']}"
             ) from exc
-    spec = get_method(doc["method"])
     # a method whose quantized state holds modules beyond QuantLinear (e.g. TAPTQ's low-rank compensation,
     # twin quantizers) declares fn.rebuild_modules(module, manifest) to recreate them before loading
     rebuild = getattr(spec.fn, "rebuild_modules", None)

@@ -43,7 +43,7 @@ import torch
 from ptq3d.errors import CheckpointError, ConfigError, DataError
 from ptq3d.methods.flatquant import FlatQuantConfig, run_flatquant
 from ptq3d.methods.registry import register_method
-from ptq3d.methods.stats import PeakMemory
+from ptq3d.quant.stats import PeakMemory
 
 TASKS: tuple[str, ...] = ("camera", "depth", "points")
 FISHER_LOSSES: tuple[str, ...] = ("output_sum", "gt")

@@ -48,12 +48,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ptq3d.calibration.blockwise import replace_module
 from ptq3d.errors import ConfigError
-from ptq3d.methods.context import replace_module
-from ptq3d.methods.qlinear import QuantLinear
-from ptq3d.methods.quant import QuantSpec, Scheme, qparams_from_range, quantize
 from ptq3d.methods.registry import MethodConfig, register_method
-from ptq3d.methods.transforms import InputTransform
+from ptq3d.quant.qlinear import QuantLinear
+from ptq3d.quant.spec import QuantSpec, Scheme, qparams_from_range, quantize
+from ptq3d.quant.transforms import InputTransform
 
 # --- Kronecker algebra ----------------------------------------------------------------------------
 
@@ -204,7 +204,7 @@ def fake_quant_ste(
     x: torch.Tensor, spec: QuantSpec, clip: torch.Tensor | float = 1.0, sym_rule: str = "absmax"
 ):
     """Differentiable fake quantization of x viewed as [rows, cols] (weights [out, in]: rows = output channels;
-    activations [..., C]: rows = tokens), with the same qparams as ptq3d.methods.quant (range widened to include 0,
+    activations [..., C]: rows = tokens), with the same qparams as ptq3d.quant.spec (range widened to include 0,
     multiplied by `clip`: a scalar or [rows, 1]). Straight-through rounding; gradients reach x and clip."""
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])

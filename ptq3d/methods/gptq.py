@@ -30,10 +30,10 @@ import torch
 from torch import nn
 
 from ptq3d.errors import ConfigError
-from ptq3d.methods.qlinear import QuantLinear
-from ptq3d.methods.quant import QuantSpec, Scheme, compute_qparams, mse_clip_qparams
 from ptq3d.methods.registry import MethodConfig, register_method
-from ptq3d.methods.transforms import ColumnPermutation, InputTransform, chain
+from ptq3d.quant.qlinear import QuantLinear
+from ptq3d.quant.spec import QuantSpec, Scheme, compute_qparams, mse_clip_qparams
+from ptq3d.quant.transforms import ColumnPermutation, InputTransform, chain
 
 
 class HessianAccumulator:

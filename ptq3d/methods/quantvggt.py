@@ -1,5 +1,5 @@
 """QuantVGGT (Feng et al., arXiv 2509.21302, ICLR 2026): Dual-Smoothed Fine-Grained Quantization (DSFQ) with
-block-wise learnable calibration. The calibration-set builder (NFDS) is ptq3d.methods.nfds.
+block-wise learnable calibration. The calibration-set builder (NFDS) is ptq3d.calibration.nfds.
 
 DSFQ, per quantized linear y = x W^T + b (x [..., n], W [out, n]):
 1. random Hadamard rotation R = diag(v) H_n / sqrt(n) (v random +-1, seeded per site): x -> x R, W -> W R;
@@ -16,7 +16,7 @@ Learnable calibration (paper App. B; code `train_utils.cali_qs_quant`), block by
 - straight-through rounding; loss MSE(FP block output, quantized block output); AdamW (weight decay 0.01,
   torch's default, as the code) with cosine annealing over epochs x samples steps down to `lr_min`;
   one calibration scene per step; FP32.
-- Block inputs come from the shared loop (ptq3d.methods.calibration.run_blockwise), which reshapes per
+- Block inputs come from the shared loop (ptq3d.calibration.blockwise.run_blockwise), which reshapes per
   block kind: frame blocks see [S, P, C], global blocks [1, S*P, C] of each scene. (The authors' code feeds
   frame-shaped tokens to global blocks, notes §2.5/§2.10 item 6; we do not reproduce that bug.)
 - The next block gets the FP block outputs (propagate "fp", as the code's fp_inps = fp_outs).
@@ -48,7 +48,7 @@ Paper vs authors' code (notes §2.10), and what we do:
 - LAC: the code learns two per-layer scalars (min and max); the stored QuantLinear has one symmetric
   act_clip_ratio, and for symmetric per-token quantization max(|min| a, max b) with two factors is not
   expressible by it, so we learn one scalar per layer.
-- sample count and NFDS settings belong to the calibration set (ptq3d.methods.nfds: paper 40, K = 8, p = 0.2).
+- sample count and NFDS settings belong to the calibration set (ptq3d.calibration.nfds: paper 40, K = 8, p = 0.2).
 """
 
 from __future__ import annotations
@@ -62,16 +62,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import ptq3d.methods.nfds  # noqa: F401  (registers the "nfds" calibration builder with the method)
+import ptq3d.calibration.nfds  # noqa: F401  (registers the "nfds" calibration builder with the method)
+from ptq3d.calibration.blockwise import replace_module
 from ptq3d.errors import ConfigError, unknown_name_error
-from ptq3d.methods.context import replace_module
-from ptq3d.methods.qlinear import QuantLinear
-from ptq3d.methods.quant import QuantSpec, Scheme, _expand, _reduce_minmax, qparams_from_range, quantize
 from ptq3d.methods.quarot import site_seed
 from ptq3d.methods.registry import MethodConfig, register_method
 from ptq3d.methods.smoothquant import smoothing_scales
-from ptq3d.methods.stats import current_rss_bytes
-from ptq3d.methods.transforms import ChannelScale, HadamardRotation, InputTransform, chain
+from ptq3d.quant.qlinear import QuantLinear
+from ptq3d.quant.spec import QuantSpec, Scheme, _expand, _reduce_minmax, qparams_from_range, quantize
+from ptq3d.quant.stats import current_rss_bytes
+from ptq3d.quant.transforms import ChannelScale, HadamardRotation, InputTransform, chain
 
 # variant -> (rotate, smooth, order); order "rot_scale": (x R) / c, "scale_rot": (x / c) R
 VARIANTS: dict[str, tuple[bool, bool, str]] = {
@@ -137,7 +137,7 @@ class QuantVGGTConfig(MethodConfig):
             raise ConfigError(f"quantvggt init_samples={self.init_samples}: must be >= 1 or None")
 
 
-# --- differentiable fake quantization (same arithmetic as ptq3d.methods.quant.quantize/dequantize) -------
+# --- differentiable fake quantization (same arithmetic as ptq3d.quant.spec.quantize/dequantize) -------
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -300,7 +300,7 @@ def activation_stats(
     """Per linear: a [n] = per-channel max |x| (x R if a rotation is given) on the FP block, over the first
     `init_samples` scenes. act_stat "max": max over all tokens; "ema": per frame max over tokens, mean over
     frames, EMA across scenes (the authors' code)."""
-    from ptq3d.methods.calibration import BlockData
+    from ptq3d.calibration.blockwise import BlockData
 
     n = len(bd.inputs) if config.init_samples is None else min(config.init_samples, len(bd.inputs))
     stats: dict[str, torch.Tensor] = {}

@@ -4,7 +4,7 @@ pre-rotated, W' = W R, so x W^T = (x R)(W R)^T; outliers are spread over all cha
 activation quantizer. Weights then by RTN (optionally MSE-clipped) or GPTQ on the rotated inputs.
 
 Sizes: n = m * 2^k; VGGT-1B's 1024 and 4096 are powers of two; the tiny widths 384 = 12 * 32 and
-1536 = 12 * 128 use H_12 (Paley) kron H_{2^k} (ptq3d.methods.hadamard).
+1536 = 12 * 128 use H_12 (Paley) kron H_{2^k} (ptq3d.quant.hadamard).
 Not done here (see notes 5.4): QuaRot's global residual rotation with LayerNorm fusion, which VGGT's
 LayerNorm bias, LayerScale and the encoder/head bases make awkward. Signs are seeded per site from
 `seed` and the site name, so a run is reproducible.
@@ -21,7 +21,7 @@ from ptq3d.errors import ConfigError
 from ptq3d.methods.gptq import GPTQConfig, gptq_calibrate_block
 from ptq3d.methods.registry import register_method
 from ptq3d.methods.rtn import rtn_linear
-from ptq3d.methods.transforms import HadamardRotation
+from ptq3d.quant.transforms import HadamardRotation
 
 
 @dataclass

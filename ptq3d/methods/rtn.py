@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ptq3d.methods.qlinear import QuantLinear
-from ptq3d.methods.quant import Scheme
 from ptq3d.methods.registry import MethodConfig, register_method
-from ptq3d.methods.transforms import InputTransform
+from ptq3d.quant.qlinear import QuantLinear
+from ptq3d.quant.spec import Scheme
+from ptq3d.quant.transforms import InputTransform
 
 
 @dataclass

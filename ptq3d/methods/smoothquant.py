@@ -19,7 +19,7 @@ from torch import nn
 
 from ptq3d.methods.registry import MethodConfig, register_method
 from ptq3d.methods.rtn import rtn_linear
-from ptq3d.methods.transforms import ChannelScale
+from ptq3d.quant.transforms import ChannelScale
 
 
 def smoothing_scales(act_scales: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:

@@ -19,9 +19,9 @@ def write_reports(
     title: str = "ptq3d report",
 ) -> dict[str, Path]:
     """Write report.{csv,md,tex,html} for the store into out_dir; returns the paths written."""
-    from ptq3d.reports.data import load_results
     from ptq3d.reports.html import to_html
     from ptq3d.reports.tables import to_csv, to_latex, to_markdown
+    from ptq3d.results.read import load_results
 
     results = load_results(store_path)
     out = Path(out_dir)

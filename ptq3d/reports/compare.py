@@ -15,8 +15,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ptq3d.harness.spec import FP_METHOD
-from ptq3d.reports.data import Results, load_results
+from ptq3d.results.read import Results, load_results
+from ptq3d.results.records import FP_METHOD
 
 KEY = ["model_label", "method_label", "scheme", "protocol", "calib_builder", "calib_seed"]
 

@@ -17,11 +17,11 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
-from ptq3d.harness.spec import FP_METHOD
 from ptq3d.reports import plots
-from ptq3d.reports.data import Results
 from ptq3d.reports.leaderboard import leaderboard, leaderboard_rows
 from ptq3d.reports.tables import arrow, build_tables, fmt
+from ptq3d.results.read import Results
+from ptq3d.results.records import FP_METHOD
 
 
 def _env() -> Environment:

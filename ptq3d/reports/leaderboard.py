@@ -13,8 +13,8 @@ import math
 
 import pandas as pd
 
-from ptq3d.harness.spec import FP_METHOD
-from ptq3d.reports.data import Results
+from ptq3d.results.read import Results
+from ptq3d.results.records import FP_METHOD
 
 COLUMNS = [
     "rank",

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from ptq3d.reports.data import Results, scheme_bits
+from ptq3d.results.read import Results, scheme_bits
 
 _counter = itertools.count()
 

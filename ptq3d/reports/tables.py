@@ -13,8 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from ptq3d.harness.spec import FP_METHOD, FP_SCHEME
-from ptq3d.reports.data import Results, scheme_bits
+from ptq3d.results.read import Results, scheme_bits
+from ptq3d.results.records import FP_METHOD, FP_SCHEME
 
 
 @dataclass

@@ -19,8 +19,8 @@ from torch import nn
 from ptq3d.datasets.base import SceneSample
 from ptq3d.errors import ConfigError, UserError, unknown_name_error
 from ptq3d.harness.components import Components, MetricInfo, QuantOutcome
-from ptq3d.harness.spec import short_hash
 from ptq3d.models.base import Predictions
+from ptq3d.results.records import short_hash
 
 COMPONENTS = "tests.harness.fakes:FakeComponents"
 

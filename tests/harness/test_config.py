@@ -8,7 +8,7 @@ import pytest
 
 from ptq3d.errors import ConfigError, UserError
 from ptq3d.harness.config import load_config, loads_config
-from ptq3d.harness.spec import CellSpec
+from ptq3d.results.records import CellSpec
 from tests.harness.conftest import GRID
 from tests.harness.fakes import COMPONENTS
 

@@ -14,8 +14,8 @@ from ptq3d.errors import ConfigError, UserError
 from ptq3d.harness.config import load_config
 from ptq3d.harness.executors import InProcessExecutor, make_executor
 from ptq3d.harness.ray_executor import RayExecutor, RayOptions, fp_group, parse_ray_options
-from ptq3d.harness.store import ResultsStore
 from ptq3d.harness.sweep import run_grid
+from ptq3d.results.store import ResultsStore
 from tests.harness.conftest import GRID
 from tests.harness.fakes import FakeComponents
 

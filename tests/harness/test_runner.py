@@ -7,7 +7,7 @@ import math
 from ptq3d.harness.config import load_config
 from ptq3d.harness.executors import InProcessExecutor, ProcessPoolExecutor
 from ptq3d.harness.runner import run_cell
-from ptq3d.harness.spec import AGGREGATE_SCENE, STAGES
+from ptq3d.results.records import AGGREGATE_SCENE, STAGES
 from tests.harness.conftest import GRID
 
 

@@ -10,8 +10,8 @@ import pytest
 from ptq3d.errors import UserError
 from ptq3d.harness.config import load_config
 from ptq3d.harness.runner import run_cell
-from ptq3d.harness.spec import MetricRow
-from ptq3d.harness.store import ResultsStore
+from ptq3d.results.records import MetricRow
+from ptq3d.results.store import ResultsStore
 from tests.harness.conftest import GRID
 
 

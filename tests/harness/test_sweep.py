@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ptq3d.harness.config import load_config
-from ptq3d.harness.store import ResultsStore
 from ptq3d.harness.sweep import run_grid
+from ptq3d.results.store import ResultsStore
 from tests.harness.conftest import GRID
 
 

@@ -9,9 +9,9 @@ from torch import nn
 
 from ptq3d.errors import ConfigError, UserError
 from ptq3d.kernels import model_bytes, packed_weight, parity_check, quant_linear_forward, set_backend
-from ptq3d.methods.qlinear import QuantLinear
-from ptq3d.methods.quant import QuantSpec, get_scheme
-from ptq3d.methods.transforms import HadamardRotation
+from ptq3d.quant.qlinear import QuantLinear
+from ptq3d.quant.spec import QuantSpec, get_scheme
+from ptq3d.quant.transforms import HadamardRotation
 
 
 def _fake_vs_emulated(layer, x):

@@ -7,8 +7,8 @@ import torch
 
 from ptq3d.kernels import emulated
 from ptq3d.kernels.packing import pack_weight, quantize_weight_rtn
-from ptq3d.methods.hadamard import hadamard_transform as methods_hadamard
-from ptq3d.methods.quant import QuantSpec, compute_qparams, quantize
+from ptq3d.quant.hadamard import hadamard_transform as methods_hadamard
+from ptq3d.quant.spec import QuantSpec, compute_qparams, quantize
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 8, 3), (5, 7, 3), (33, 96, 40)])
@@ -47,7 +47,7 @@ def test_gemm_int_is_the_integer_formula(bits, group, sym):
 
 @pytest.mark.parametrize("bits,clip", [(8, 1.0), (8, 0.9), (4, 1.0), (6, 0.85)])
 def test_activation_codes_equal_fake_backend(bits, clip):
-    """emulated.quantize_per_token == ptq3d.methods.quant (the fake path's quantizer), bit for bit."""
+    """emulated.quantize_per_token == ptq3d.quant.spec (the fake path's quantizer), bit for bit."""
     torch.manual_seed(1)
     x = torch.randn(64, 48) * torch.logspace(-3, 2, 64)[:, None]
     x[3] = 0.0  # an all-zero token

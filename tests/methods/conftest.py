@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from toy_model import ToyGeometryModel, toy_scenes  # noqa: E402
 
-from ptq3d.methods.calibration import CalibrationSet  # noqa: E402
+from ptq3d.calibration.sets import CalibrationSet  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import small_models
 import torch
 
+from ptq3d.calibration.sets import CalibrationSet
 from ptq3d.datasets.synthetic import generate_scene
-from ptq3d.methods.calibration import CalibrationSet
 from ptq3d.models.pi3 import Pi3, Pi3Adapter
 from ptq3d.models.pi3.config import Pi3Config, Pi3EncoderConfig, Pi3HeadDecoderConfig
 

@@ -9,9 +9,9 @@ import pytest
 import small_models
 import torch
 
+from ptq3d.calibration.sets import CalibrationSet, random_pool, synthetic_pool
 from ptq3d.errors import ConfigError, DataError
 from ptq3d.methods.api import load_quantized, quantize_model
-from ptq3d.methods.calibration import CalibrationSet, random_pool, synthetic_pool
 from ptq3d.methods.fgq import (
     TASKS,
     FGQConfig,

@@ -9,10 +9,10 @@ import small_models
 import torch
 from torch import nn
 
+from ptq3d.calibration.blockwise import replace_module
+from ptq3d.calibration.sets import CalibrationSet, synthetic_pool
 from ptq3d.errors import ConfigError
 from ptq3d.methods.api import quantize_model
-from ptq3d.methods.calibration import CalibrationSet, synthetic_pool
-from ptq3d.methods.context import replace_module
 from ptq3d.methods.flatquant import (
     FlatQuantConfig,
     KroneckerTransform,
@@ -22,8 +22,8 @@ from ptq3d.methods.flatquant import (
     kron_factors,
     materialize_linear,
 )
-from ptq3d.methods.qlinear import QuantLinear
-from ptq3d.methods.quant import QuantSpec, fake_quantize, get_scheme, sqnr_db
+from ptq3d.quant.qlinear import QuantLinear
+from ptq3d.quant.spec import QuantSpec, fake_quantize, get_scheme, sqnr_db
 
 
 @pytest.fixture(scope="module")

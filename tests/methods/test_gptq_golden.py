@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from ptq3d.methods.gptq import HessianAccumulator, gptq_quantize
-from ptq3d.methods.quant import QuantSpec
+from ptq3d.quant.spec import QuantSpec
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_gptq_quantlinear_reproduces_dequantized_weight(golden):
     """The QuantLinear built from a GPTQ result (act-order + groups -> permutation transform) computes
     x @ Q^T for the reference Q."""
     from ptq3d.methods.gptq import GPTQConfig, gptq_linear
-    from ptq3d.methods.quant import Scheme
+    from ptq3d.quant.spec import Scheme
 
     meta, t = golden
     W, X = t["W"].float(), t["X"].float()

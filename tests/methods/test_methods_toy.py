@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from ptq3d.methods import quantize_model
-from ptq3d.methods.qlinear import QuantLinear
-from ptq3d.methods.quant import sqnr_db
+from ptq3d.quant.qlinear import QuantLinear
+from ptq3d.quant.spec import sqnr_db
 
 METHODS = [
     ("rtn", {}),

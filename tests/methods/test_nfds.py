@@ -1,4 +1,4 @@
-"""NFDS calibration-set builder (ptq3d.methods.nfds): the filter removes injected outlier scenes (z-score and
+"""NFDS calibration-set builder (ptq3d.calibration.nfds): the filter removes injected outlier scenes (z-score and
 IQR rules), k-means clusters are diverse and every cluster is sampled, meta says what was kept and why."""
 
 from __future__ import annotations
@@ -12,10 +12,7 @@ import torch
 from small_models import small_vggt
 from toy_model import ToyGeometryModel, toy_scenes
 
-from ptq3d.datasets.synthetic import generate_scene
-from ptq3d.errors import UserError
-from ptq3d.methods import get_calibration_builder
-from ptq3d.methods.nfds import (
+from ptq3d.calibration.nfds import (
     deep_blocks,
     frame_similarity,
     iqr_filter,
@@ -23,6 +20,9 @@ from ptq3d.methods.nfds import (
     pick_per_cluster,
     zscore_filter,
 )
+from ptq3d.datasets.synthetic import generate_scene
+from ptq3d.errors import UserError
+from ptq3d.methods import get_calibration_builder
 
 
 def corrupted(scene, k):

@@ -10,13 +10,13 @@ import small_models
 import torch
 from torch import nn
 
+from ptq3d.calibration.sets import CalibrationSet
 from ptq3d.datasets.synthetic import generate_scene
 from ptq3d.errors import UserError
 from ptq3d.methods import load_quantized, quantize_model, save_quantized
-from ptq3d.methods.calibration import CalibrationSet
-from ptq3d.methods.quant import QuantSpec, Scheme, sqnr_db
 from ptq3d.methods.quantvggt import VARIANTS, QuantVGGTConfig, SmoothRotLinear
-from ptq3d.methods.transforms import HadamardRotation
+from ptq3d.quant.spec import QuantSpec, Scheme, sqnr_db
+from ptq3d.quant.transforms import HadamardRotation
 
 FAST = {"epochs": 2}
 W16A16 = Scheme("w16a16", QuantSpec(16, "channel"), QuantSpec(16, "token", dynamic=True))

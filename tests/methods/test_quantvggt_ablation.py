@@ -18,9 +18,9 @@ import time
 import pytest
 import torch
 
+from ptq3d.calibration.sets import build_random, synthetic_pool
 from ptq3d.methods import get_calibration_builder, quantize_model
-from ptq3d.methods.calibration import build_random, synthetic_pool
-from ptq3d.methods.quant import sqnr_db
+from ptq3d.quant.spec import sqnr_db
 
 METRICS = ("pose.auc@30", "pose.auc@5", "depth.abs_rel", "depth.delta<1.25", "points.acc", "points.comp")
 CODE_SETTINGS = {"lr_smooth": 1e-3, "lr_clip": 1e-2, "smooth_weight": "unrotated", "act_stat": "ema"}

@@ -140,9 +140,9 @@ def test_run_blockwise_global_blocks_see_all_frames_and_propagation(toy, toy_cal
     quantized propagation feeds the calibrated block's outputs."""
     import copy
 
-    from ptq3d.methods.quant import get_scheme
     from ptq3d.methods.registry import MethodConfig
     from ptq3d.methods.rtn import rtn_linear
+    from ptq3d.quant.spec import get_scheme
 
     scheme = get_scheme("w4a4")
     S = toy_calib.samples[0].num_frames

@@ -10,7 +10,7 @@ from toy_model import ToyGeometryModel
 
 from ptq3d.errors import CheckpointError
 from ptq3d.methods import load_quantized, quantize_model, save_quantized
-from ptq3d.methods.qlinear import QuantLinear
+from ptq3d.quant.qlinear import QuantLinear
 
 CASES = [
     ("rtn", "w4a8-asym", {}),

@@ -12,27 +12,29 @@ import torch
 from taptq_models import calib, heldout_images, small_pi3, small_vggt
 from torch import nn
 
+from ptq3d.calibration.blockwise import replace_module
 from ptq3d.errors import ConfigError
 from ptq3d.methods import load_quantized, quantize_model, save_quantized
 from ptq3d.methods.api import MANIFEST_FILE, STATE_FILE
-from ptq3d.methods.context import replace_module
-from ptq3d.methods.qlinear import QuantLinear
-from ptq3d.methods.quant import sqnr_db
-from ptq3d.methods.taptq import (
+from ptq3d.methods.taptq import search_counts
+from ptq3d.methods.taptq_compensation import (
     COMP_CHILD,
-    GridObjective,
     LeastSquaresFit,
     LowRankCompensation,
-    TwinQuantLinear,
     attach_compensation,
-    exhaustive_search,
     low_rank_factors,
     rebuild_taptq_modules,
-    search_counts,
     tail_relative_error,
+)
+from ptq3d.methods.taptq_search import (
+    GridObjective,
+    TwinQuantLinear,
+    exhaustive_search,
     ternary_search,
     twin_fake_quantize,
 )
+from ptq3d.quant.qlinear import QuantLinear
+from ptq3d.quant.spec import sqnr_db
 
 torch.set_num_threads(1)
 
@@ -303,7 +305,7 @@ def test_config_and_data_errors(vggt, cal):
         quantize_model(vggt, "taptq", "w4a8", cal, {"w_solver": "bisect"})
     with pytest.raises(ConfigError, match="asymmetric"):
         quantize_model(vggt, "taptq", "w4a8-asym", cal)
-    from ptq3d.methods.calibration import CalibrationSet, random_pool
+    from ptq3d.calibration.sets import CalibrationSet, random_pool
 
     nogt = CalibrationSet(random_pool(1, num_frames=2, height=56, width=56))
     with pytest.raises(ConfigError, match="needs GT depth"):  # the gradient-weighted objective needs GT depth

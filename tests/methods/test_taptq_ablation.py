@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ptq3d.calibration.sets import build_random
 from ptq3d.datasets.synthetic import generate_scene
 from ptq3d.methods import get_calibration_builder, quantize_model
-from ptq3d.methods.calibration import build_random
-from ptq3d.methods.quant import sqnr_db
 from ptq3d.methods.taptq import search_counts
+from ptq3d.quant.spec import sqnr_db
 
 pytestmark = pytest.mark.slow
 

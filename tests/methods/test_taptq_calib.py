@@ -8,9 +8,9 @@ import pytest
 import torch
 from taptq_models import scenes, small_pi3, small_vggt
 
+from ptq3d.calibration.taptq_builder import coarse_filter, layer_variance, select_representatives, tail_ratio
 from ptq3d.errors import ConfigError
 from ptq3d.methods import get_calibration_builder
-from ptq3d.methods.taptq_calib import coarse_filter, layer_variance, select_representatives, tail_ratio
 
 torch.set_num_threads(1)
 

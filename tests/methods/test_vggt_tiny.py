@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ptq3d.calibration.sets import synthetic_pool
 from ptq3d.methods import CalibrationSet, load_quantized, quantize_model, save_quantized
-from ptq3d.methods.calibration import synthetic_pool
-from ptq3d.methods.quant import sqnr_db
+from ptq3d.quant.spec import sqnr_db
 
 vggt = pytest.importorskip("ptq3d.models.vggt")
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from ptq3d.reports import write_reports
-from ptq3d.reports.data import load_results
 from ptq3d.reports.html import to_html
+from ptq3d.results.read import load_results
 from tests.harness.fakes import XSS
 
 

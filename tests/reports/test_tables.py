@@ -8,7 +8,6 @@ import math
 import pandas as pd
 import pytest
 
-from ptq3d.reports.data import load_results, retained, scheme_bits
 from ptq3d.reports.leaderboard import leaderboard
 from ptq3d.reports.tables import (
     Table,
@@ -21,6 +20,7 @@ from ptq3d.reports.tables import (
     to_latex,
     to_markdown,
 )
+from ptq3d.results.read import load_results, retained, scheme_bits
 from tests.harness.fakes import XSS
 
 

@@ -134,7 +134,7 @@ def handle_kernels(args: argparse.Namespace) -> int:
 def _time_predict(model, images, reps: int, device, autocast_bf16: bool = False) -> dict:
     import torch
 
-    from ptq3d.methods.stats import PeakMemory
+    from ptq3d.quant.stats import PeakMemory
 
     def run():
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):

@@ -68,9 +68,9 @@ def _parse_settings(items: list[str]) -> dict[str, str]:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from ptq3d.calibration.sets import random_pool, synthetic_pool
     from ptq3d.errors import ConfigError
     from ptq3d.methods import get_calibration_builder, get_method, quantize_model, save_quantized
-    from ptq3d.methods.calibration import random_pool, synthetic_pool
     from ptq3d.models import load_model
 
     config = _parse_settings(args.settings)

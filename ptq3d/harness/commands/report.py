@@ -34,8 +34,8 @@ def resolve_store(path: str) -> Path:
 def handle(args: argparse.Namespace) -> int:
     from ptq3d.errors import UserError
     from ptq3d.reports import FORMATS, write_reports
-    from ptq3d.reports.data import load_results
     from ptq3d.reports.leaderboard import leaderboard, leaderboard_to_text
+    from ptq3d.results.read import load_results
 
     store = resolve_store(args.store)
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())

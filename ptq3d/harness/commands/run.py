@@ -46,8 +46,8 @@ def handle(args: argparse.Namespace) -> int:
     from ptq3d.harness.executors import make_executor
     from ptq3d.harness.sweep import run_grid
     from ptq3d.reports import write_reports
-    from ptq3d.reports.data import load_results
     from ptq3d.reports.leaderboard import leaderboard, leaderboard_to_text
+    from ptq3d.results.read import load_results
 
     if args.config:
         cfg = load_config(args.config)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ptq3d.errors import UserError
-from ptq3d.harness.spec import CellResult
+from ptq3d.results.records import CellResult
 
 SCHEMA_VERSION = 1
 

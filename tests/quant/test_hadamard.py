@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ptq3d.errors import ConfigError
-from ptq3d.methods.hadamard import (
+from ptq3d.quant.hadamard import (
     fwht,
     hadamard_matrix,
     hadamard_transform,
@@ -15,9 +15,9 @@ from ptq3d.methods.hadamard import (
     random_hadamard_matrix,
     random_signs,
 )
-from ptq3d.methods.qlinear import QuantLinear
-from ptq3d.methods.quant import QuantSpec, fake_quantize
-from ptq3d.methods.transforms import HadamardRotation
+from ptq3d.quant.qlinear import QuantLinear
+from ptq3d.quant.spec import QuantSpec, fake_quantize
+from ptq3d.quant.transforms import HadamardRotation
 
 
 @pytest.mark.parametrize("m", [12, 20, 24, 44, 48])

@@ -19,8 +19,8 @@ from typing import Any
 
 import pandas as pd
 
-from ptq3d.harness.spec import AGGREGATE_SCENE, FP_METHOD
-from ptq3d.harness.store import ResultsStore
+from ptq3d.results.records import AGGREGATE_SCENE, FP_METHOD
+from ptq3d.results.store import ResultsStore
 
 VARIANT = ["model", "model_label", "method", "method_label", "scheme", "protocol", "calib_builder"]
 

@@ -1,4 +1,7 @@
-"""Calibration sets and the shared block-wise calibration loop.
+"""The shared block-wise calibration loop and the QuantContext every method function receives.
+
+QuantContext knows the scope, records statistics, swaps modules (remembering the FP-equivalent weight of each
+replaced linear for the per-layer error) and runs the block loop with the method's propagation.
 
 run_blockwise (every calibrating method uses it):
 1. capture the input [1, S, P, C] of the first block in scope for every calibration sample (one sample
@@ -15,102 +18,139 @@ same block input, and the same for the block's residual update (output - input).
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ptq3d.datasets.base import SceneSample
 from ptq3d.errors import ConfigError
-from ptq3d.methods.qlinear import QuantLinear
-from ptq3d.methods.quant import sqnr_db
-from ptq3d.methods.registry import register_calibration_builder
+from ptq3d.quant.qlinear import QuantLinear
+from ptq3d.quant.spec import QuantSpec, Scheme, sqnr_db
+from ptq3d.quant.stats import CalibrationStats
 
 if TYPE_CHECKING:
-    from ptq3d.methods.context import QuantContext
+    from ptq3d.calibration.sets import CalibrationSet
     from ptq3d.models.base import BlockContext, BlockInfo, GeometryModel
 
 
-@dataclass
-class CalibrationSet:
-    """Scene samples used to calibrate, with how they were chosen. hash: SHA-256 (16 hex) over the builder,
-    seed and the ordered sample content hashes (SceneSample.content_hash)."""
+# --- what a method receives: QuantContext -------------------------------------------------------
 
-    samples: list[SceneSample]
-    builder: str = "random"
-    seed: int = 0
-    meta: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self):
-        self.samples = list(self.samples)
-        if not self.samples:
-            raise ConfigError(
-                f"calibration set (builder '{self.builder}', seed {self.seed}) is empty: give at least one scene"
-            )
-        for i, s in enumerate(self.samples):
-            if not isinstance(s, SceneSample):
-                raise ConfigError(f"calibration sample {i} is a {type(s).__name__}, expected SceneSample")
-            if s.images.dim() != 4 or s.images.shape[1] != 3:
-                raise ConfigError(
-                    f"calibration sample {i}: images shape {tuple(s.images.shape)}, expected [S,3,H,W]"
+def replace_module(root: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Set the submodule at dotted path `name` to `new`; returns the old module."""
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    old = getattr(parent, child)
+    setattr(parent, child, new)
+    return old
+
+
+class QuantContext:
+    """Per-run helper for methods.
+
+    model: the GeometryModel being quantized (a private copy). scope: "aggregator" or "all".
+    scheme: the resolved scheme (act spec already overridden by config.act_static).
+    stats: CalibrationStats to record into. progress: show tqdm bars.
+    fp_reference: site -> (W [out, in], b) of the FP-equivalent linear, for the per-layer error.
+    """
+
+    def __init__(
+        self,
+        model: GeometryModel,
+        scope: str = "aggregator",
+        scheme: Scheme | None = None,
+        progress: bool = False,
+        method_name: str = "?",
+        propagate: str = "quantized",
+    ):
+        self.model = model
+        self.scope = scope
+        self.scheme = scheme
+        self.progress = progress
+        self.method_name = method_name
+        self.propagate = propagate
+        self.stats = CalibrationStats()
+        self.fp_reference: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.keep_reference = False
+        self.site_block: dict[str, str] = {}
+
+    @property
+    def weight_spec(self) -> QuantSpec:
+        return self.scheme.weight
+
+    @property
+    def act_spec(self) -> QuantSpec | None:
+        return self.scheme.act
+
+    def sites(self) -> dict[str, nn.Linear]:
+        """Full name -> nn.Linear for the quantization sites in scope (execution order), also recording
+        each site's block name."""
+        out = {}
+        for blk, lins in self.model.iter_block_sites(self.scope):
+            for rel, lin in lins.items():
+                out[f"{blk.name}.{rel}"] = lin
+                self.site_block[f"{blk.name}.{rel}"] = blk.name
+        return out
+
+    def replace(
+        self,
+        site: str,
+        new: nn.Module,
+        fp_weight: torch.Tensor | None = None,
+        fp_bias: torch.Tensor | None = None,
+    ) -> None:
+        """Swap the module at full name `site` for `new`. fp_weight/fp_bias: the FP linear that `new`
+        approximates on its own input (default: the replaced linear's; SmoothQuant passes the smoothed one
+        when the scale was folded into the preceding norm). Records the weight SQNR of a QuantLinear."""
+        old = replace_module(self.model.module, site, new)
+        if isinstance(old, nn.Linear):
+            w = (old.weight if fp_weight is None else fp_weight).detach().float()
+            b = old.bias if fp_bias is None else fp_bias
+            b = None if b is None else b.detach().float()
+            if self.keep_reference:  # only inside the block loop, which drops them block by block
+                self.fp_reference[site] = (w, b)
+            if isinstance(new, QuantLinear):
+                wt = new.input_transform.transform_weight(w) if new.input_transform is not None else w
+                self.stats.layer(
+                    site,
+                    in_features=new.in_features,
+                    out_features=new.out_features,
+                    weight_sqnr_db=sqnr_db(wt, new.dequantized_weight()),
                 )
 
-    def __len__(self) -> int:
-        return len(self.samples)
+    def timed(self, site: str, key: str = "time_s"):
+        """Context manager adding the elapsed seconds to stats.layers[site][key]."""
+        ctx = self
 
-    @property
-    def hash(self) -> str:
-        h = hashlib.sha256()
-        h.update(json.dumps({"builder": self.builder, "seed": self.seed}, sort_keys=True).encode())
-        for s in self.samples:
-            h.update(s.content_hash().encode())
-        return h.hexdigest()[:16]
+        class _T:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
 
-    @property
-    def num_frames(self) -> int:
-        return sum(s.num_frames for s in self.samples)
+            def __exit__(self, *exc):
+                ctx.stats.layer(site, **{key: time.perf_counter() - self.t0})
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "builder": self.builder,
-            "seed": self.seed,
-            "num_samples": len(self.samples),
-            "num_frames": self.num_frames,
-            "hash": self.hash,
-            "scenes": [s.meta.get("scene") for s in self.samples],
-            "meta": self.meta,
-        }
+        return _T()
 
-
-def check_pool(pool: Sequence[SceneSample], n: int) -> None:
-    """The checks every calibration builder makes: a non-empty pool and 0 < n <= len(pool)."""
-    if not pool:
-        raise ConfigError("calibration pool is empty: nothing to draw calibration scenes from")
-    if not isinstance(n, int) or n <= 0:
-        raise ConfigError(f"calibration size must be a positive integer, got {n!r}")
-    if n > len(pool):
-        raise ConfigError(f"calibration size {n} exceeds the pool of {len(pool)} scenes")
-
-
-@register_calibration_builder("random")
-def build_random(
-    pool: Sequence[SceneSample], n: int, seed: int = 0, model: Any = None, **meta: Any
-) -> CalibrationSet:
-    """n scenes drawn uniformly without replacement from `pool` (numpy default_rng(seed)), in pool order.
-    model is accepted (every builder is called with the FP model) and not used."""
-    pool = list(pool)
-    check_pool(pool, n)
-    idx = np.sort(np.random.default_rng(seed).choice(len(pool), size=n, replace=False))
-    return CalibrationSet(
-        [pool[i] for i in idx], builder="random", seed=seed, meta={"pool_size": len(pool), **meta}
-    )
+    def blockwise(
+        self,
+        calibration: CalibrationSet,
+        calibrate_block: Callable[[BlockData], None],
+        propagate: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Run the shared block loop with this context (propagate defaults to the method's documented one)."""
+        return run_blockwise(
+            self.model,
+            calibration,
+            self.scope,
+            calibrate_block,
+            propagate or self.propagate,
+            ctx=self,
+            progress=self.progress,
+        )
 
 
 # --- the block loop --------------------------------------------------------------------------------
@@ -258,7 +298,6 @@ def run_blockwise(
     """The shared block-wise loop (module docstring). Returns per-block records (also added to ctx.stats):
     name, kind, attention, sqnr_db (block output vs FP block output, same input), delta_sqnr_db (the same on
     output - input, i.e. the residual update; None if the block changes the token layout), rel_mse, time_s."""
-    from ptq3d.methods.context import QuantContext
 
     if propagate not in ("fp", "quantized"):
         raise ConfigError(f"propagate must be 'fp' or 'quantized', got {propagate!r}")
@@ -325,43 +364,3 @@ def _calibrate_blocks(
             if k.startswith(blk.name + "."):
                 del ctx.fp_reference[k]
     return records
-
-
-def random_pool(
-    n: int, num_frames: int = 4, height: int = 112, width: int = 112, first_seed: int = 0
-) -> list[SceneSample]:
-    """n scenes of uniform random images (seed first_seed + i; geometry fields empty, meta dataset 'random')."""
-    out = []
-    for i in range(n):
-        seed = first_seed + i
-        g = torch.Generator().manual_seed(seed)
-        out.append(
-            SceneSample(
-                images=torch.rand(num_frames, 3, height, width, generator=g),
-                depth=torch.zeros(num_frames, height, width),
-                valid_mask=torch.zeros(num_frames, height, width, dtype=torch.bool),
-                intrinsics=torch.eye(3).expand(num_frames, 3, 3).clone(),
-                extrinsics=torch.eye(3, 4).expand(num_frames, 3, 4).clone(),
-                meta={"dataset": "random", "scene": f"random-{seed}", "frame_ids": list(range(num_frames))},
-            )
-        )
-    return out
-
-
-def synthetic_pool(
-    n: int, num_frames: int = 4, height: int = 112, width: int = 112, first_seed: int = 0, scene_config=None
-) -> list[SceneSample]:
-    """n calibration candidate scenes from ptq3d.datasets.synthetic.generate_scene with seeds first_seed + i
-    (training seeds; held-out evaluation seeds are refused), with the generator's SceneConfig `scene_config`
-    (None: its default). Falls back to random_pool if the generator is unavailable."""
-    try:
-        from ptq3d.datasets.synthetic import SceneConfig, generate_scene, is_heldout_seed
-    except ImportError:
-        return random_pool(n, num_frames, height, width, first_seed)
-    out = []
-    for i in range(n):
-        seed = first_seed + i
-        if is_heldout_seed(seed):
-            raise ConfigError(f"calibration seed {seed} is a held-out evaluation seed; use a training seed")
-        out.append(generate_scene(seed, num_frames, height, width, scene=scene_config or SceneConfig()))
-    return out

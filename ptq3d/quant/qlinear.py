@@ -6,7 +6,7 @@ permutation; the stored weight already includes T's inverse) and Q_a the activat
 Stored state (buffers; names are a contract with ptq3d.kernels):
 - qweight      [out, in] int8 signed codes in [-2^(b-1), 2^(b-1)-1] (int16 if weight bits > 8).
                Asymmetric specs store the unsigned code minus 2^(b-1) and weight_zero minus 2^(b-1), so
-               deq = weight_scale * (qweight - weight_zero) holds for both (see ptq3d.methods.quant).
+               deq = weight_scale * (qweight - weight_zero) holds for both (see ptq3d.quant.spec).
 - weight_scale float32 [out, 1] (channel) / [out, in // group_size] (group) / [1, 1] (tensor).
 - weight_zero  float32, same shape, or None (symmetric).
 - bias         float32 [out] or None.
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ptq3d.errors import ConfigError, unknown_name_error
-from ptq3d.methods.quant import (
+from ptq3d.quant.spec import (
     QuantSpec,
     SymRule,
     compute_qparams,
@@ -34,7 +34,7 @@ from ptq3d.methods.quant import (
     qparams_from_range,
     quantize,
 )
-from ptq3d.methods.transforms import InputTransform
+from ptq3d.quant.transforms import InputTransform
 
 BACKENDS: tuple[str, ...] = ("fake", "emulated", "triton")
 
@@ -216,7 +216,7 @@ class QuantLinear(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> QuantLinear:
-        from ptq3d.methods.transforms import build_transform
+        from ptq3d.quant.transforms import build_transform
 
         act = cfg.get("act_spec")
         return cls(

@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ptq3d.calibration.builders import register_calibration_builder
+from ptq3d.calibration.sets import CalibrationSet, check_pool
 from ptq3d.datasets.base import SceneSample
 from ptq3d.errors import ConfigError
-from ptq3d.methods.calibration import CalibrationSet, check_pool
-from ptq3d.methods.registry import make_config, register_calibration_builder
+from ptq3d.typed_config import make_config
 
 STATISTICS = ("layer_variance", "tail_ratio")
 SELECTIONS = ("medoid", "proportional")

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from ptq3d.errors import ConfigError, UserError
-from ptq3d.methods.qlinear import QuantLinear, set_backend
-from ptq3d.methods.quant import (
+from ptq3d.quant.qlinear import QuantLinear, set_backend
+from ptq3d.quant.spec import (
     QuantSpec,
     compute_qparams,
     dequantize,
@@ -17,7 +17,7 @@ from ptq3d.methods.quant import (
     mse_clip_qparams,
     quantize,
 )
-from ptq3d.methods.transforms import ChannelScale
+from ptq3d.quant.transforms import ChannelScale
 
 
 def test_schemes_defaults():
@@ -159,7 +159,7 @@ def test_backends_and_errors():
 
 
 def test_transforms_rebuild_from_config():
-    from ptq3d.methods.transforms import (
+    from ptq3d.quant.transforms import (
         ColumnPermutation,
         HadamardRotation,
         InputTransform,

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ptq3d.errors import ConfigError, unknown_name_error
-from ptq3d.methods.hadamard import hadamard_transform, kronecker_factor, random_signs
+from ptq3d.quant.hadamard import hadamard_transform, kronecker_factor, random_signs
 
 
 class InputTransform(nn.Module):
@@ -169,16 +169,11 @@ def _find_kind(kind: str) -> type | None:
 def build_transform(cfg: dict | None) -> InputTransform | None:
     """An empty transform of the kind and shape `cfg` (from `config()`) describes, buffers to be filled by
     load_state_dict. Kinds: every InputTransform subclass with a `kind` and a classmethod `empty(cfg)`,
-    including those of method modules and plugins (imported on demand)."""
+    including those of method modules and plugins (ptq3d.methods.api.load_quantized imports them first)."""
     if cfg is None:
         return None
     kind = cfg.get("kind")
     cls = _find_kind(kind)
-    if cls is None:  # a method module or plugin may define it: import them and look again
-        from ptq3d.methods.registry import list_methods
-
-        list_methods()
-        cls = _find_kind(kind)
     if cls is None:
         known = sorted({c.kind for c in _subclasses(InputTransform) if hasattr(c, "empty")})
         raise unknown_name_error("input transform kind", str(kind), known)
