@@ -3,18 +3,22 @@
 Key = SHA-256 of (model weights content hash, protocol hash, scene content hash, device type). The entry is
 `<cache>/fp/<key[:2]>/<key>.safetensors` (the Predictions tensors) plus `<key>.<metrics-hash>.json` (the
 metric values for one metric list and alignment). Writes go to a temporary file and are renamed into place, so
-a killed run never leaves a half-written entry and concurrent workers may share one cache.
+a killed run never leaves a half-written entry and concurrent workers may share one cache. A full disk raises
+DiskFullError (the temporary file removed), never a half entry. A metrics entry holding a non-finite or
+non-numeric value is treated as absent (recomputed and rewritten), never reused.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from ptq3d.results.records import short_hash
+from ptq3d.results.store import disk_full_error, is_disk_full
 
 
 def fp_key(model_hash: str, protocol_hash: str, scene_hash: str, device: str) -> str:
@@ -23,16 +27,28 @@ def fp_key(model_hash: str, protocol_hash: str, scene_hash: str, device: str) ->
     )
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file + rename, so a reader (or a killed run) never sees half an entry."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+def _write_all(f, data: bytes) -> None:
+    f.write(data)
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write via a temporary file + rename, so a reader (or a killed run) never sees half an entry. A full
+    disk raises DiskFullError naming the file, with the temporary file removed."""
+    path = Path(path)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            _write_all(f, data)
+            f.flush()
+            os.fsync(f.fileno())  # ENOSPC can surface only at flush/fsync on some file systems
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise disk_full_error(path, exc) from None
         raise
 
 
@@ -85,11 +101,15 @@ class FPCache:
             return None
         path = self._path(key, f".{metrics_key}.json")
         try:
-            return {k: float(v) for k, v in json.loads(path.read_text()).items()}
-        except (OSError, ValueError):
+            values = {k: float(v) for k, v in json.loads(path.read_text()).items()}
+        except (OSError, ValueError, TypeError, AttributeError):
             return None
+        if not all(math.isfinite(v) for v in values.values()):
+            return None  # an entry with NaN/Inf was written by something else: recompute, never reuse
+        return values
 
     def put_metrics(self, key: str, metrics_key: str, values: dict[str, float]) -> None:
-        if self.root is None:
+        """Cache finite metric values only (a non-finite one fails its cell and must not be reused)."""
+        if self.root is None or not all(math.isfinite(float(v)) for v in values.values()):
             return
         atomic_write(self._path(key, f".{metrics_key}.json"), json.dumps(values).encode())

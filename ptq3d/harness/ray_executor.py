@@ -44,6 +44,7 @@ from ptq3d.errors import ConfigError, UserError
 from ptq3d.harness.executors import Executor
 from ptq3d.harness.fpcache import atomic_write
 from ptq3d.results.records import CellResult, CellSpec, short_hash
+from ptq3d.results.store import DiskFullError
 
 INSTALL_HINT = 'the ray executor needs Ray: pip install "ptq3d[distributed]" (or: pip install "ray>=2.9")'
 CACHE_MODES = ("auto", "shared", "object-store")
@@ -195,7 +196,14 @@ def _worker_death_errors(ray: Any) -> tuple[type, ...]:
 
 def _failed(spec: CellSpec, reason: str, attempts: list[str]) -> CellResult:
     now = time.time()
-    result = CellResult(spec=spec, status="failed", reason=reason[:2000], started_at=now, finished_at=now)
+    result = CellResult(
+        spec=spec,
+        status="failed",
+        failed_stage="worker",
+        reason=f"worker: {reason}"[:2000],
+        started_at=now,
+        finished_at=now,
+    )
     result.provenance["executor"] = {"name": "ray", "attempts": len(attempts), "attempt_errors": attempts}
     return result
 
@@ -338,6 +346,8 @@ class RayExecutor(Executor):
                         {},
                     )
                 except ray.exceptions.RayError as exc:  # the task itself raised: deterministic, no retry
+                    if isinstance(getattr(exc, "cause", None), DiskFullError):
+                        raise exc.cause from None  # not the cell's fault: stop the run, as in-process does
                     attempts.append(f"{type(exc).__name__}: {_first_line(exc)}")
                     result, new_entries = _failed(spec, f"ray task error: {attempts[-1]}", attempts), {}
                 else:

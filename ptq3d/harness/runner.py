@@ -4,8 +4,13 @@
 
 `run_cell(spec, cache_dir) -> CellResult` is a pure function of the (picklable) spec and the on-disk FP cache:
 it writes nothing but cache entries, so any executor (in-process, a process pool, a cluster) can run it and the
-driver alone writes the results store. Every exception, and any non-finite value in a model's predictions,
-turns into a failed CellResult whose reason names the stage; failed cells are recorded, never averaged in.
+driver alone writes the results store. Every exception, any non-finite value in a model's predictions, any
+metric that comes out NaN/Inf or is missing for a scene, and any stage that fails (including the real-kernel
+stage under real_backend = "auto") turns into a failed CellResult: failed_stage names the first failed stage
+and reason says why; failed cells are recorded, never ranked.
+
+Faults that are not the cell's: a full disk (DiskFullError) and Ctrl-C (KeyboardInterrupt) propagate to the
+driver instead of becoming a failed cell that a resume would skip.
 
 FP predictions and their metrics are cached by content hash (ptq3d.harness.fpcache), so ten methods on one
 model and protocol cost one FP pass; `result.counters` says how many FP passes ran and how many were cache hits.
@@ -33,6 +38,7 @@ from ptq3d.results.records import (
     StageRecord,
     short_hash,
 )
+from ptq3d.results.store import DiskFullError, disk_full_error, is_disk_full
 
 
 class CellFailure(Exception):
@@ -133,11 +139,32 @@ class _Cell:
             _note_nonfinite(self.result, what, name, bad)
         return pred
 
+    def check_metrics(self, stage: str, scene: str, values: dict[str, Any]) -> None:
+        """Every metric of the protocol present and finite, else CellFailure naming it: a score must never
+        skip a metric that could not be computed."""
+        missing = [m for m in self.metrics if m not in values]
+        if missing:
+            raise CellFailure(
+                f"metric {', '.join(missing)} missing for scene '{scene}' ({stage} predictions)"
+            )
+        for m in self.metrics:
+            v = values[m]
+            if not isinstance(v, int | float) or not math.isfinite(float(v)):
+                raise CellFailure(f"metric {m} = {v} on scene '{scene}' ({stage} predictions)")
+
     def add_metrics(self, stage: str, names: list[str], per_scene: list[dict[str, float]]) -> None:
         for scene, values in zip(names, per_scene, strict=True):
             for metric, value in values.items():
                 self.result.metrics.append(MetricRow(stage, scene, metric, float(value)))
+        for scene, values in zip(names, per_scene, strict=True):
+            self.check_metrics(stage, scene, values)
         agg = self.comp.aggregate(per_scene, self.metrics)
+        for metric in self.metrics:
+            if metric not in agg or not math.isfinite(float(agg[metric][0])):
+                raise CellFailure(
+                    f"aggregate of metric {metric} over scenes is {agg.get(metric, ('missing',))[0]} "
+                    f"({stage} predictions)"
+                )
         for metric, (value, stderr) in agg.items():
             se = (
                 None
@@ -211,9 +238,10 @@ class _Cell:
                 else:
                     self.result.counters["fp_cache_hits"] += 1
                 self.fp_preds.append(pred)
-                vals = self.cache.get_metrics(key, self.metrics_key)
+                vals = self.cache.get_metrics(key, self.metrics_key)  # None for a non-finite entry
                 if vals is None or not set(self.metrics) <= set(vals):
                     vals = self.comp.evaluate(pred, scene, self.spec.protocol, self.metrics)
+                    self.check_metrics("fp", name, vals)
                     self.cache.put_metrics(key, self.metrics_key, vals)
                 else:
                     self.result.counters["fp_metric_cache_hits"] += 1
@@ -298,13 +326,18 @@ class _Cell:
                 rec.note = f"backend {backend}"
         except CellFailure:
             raise
+        except (DiskFullError, KeyboardInterrupt):
+            raise
         except Exception as exc:
-            if self.spec.options.real_backend != "auto":
+            if is_disk_full(exc) or self.spec.options.real_backend != "auto":
                 raise
-            # "auto" asked for real kernels where they exist; one that cannot run this scheme is reported on
-            # the stage (and in the costs), and the fake-quant numbers still stand
-            self.result.stages[-1].note = f"backend {backend} failed: {type(exc).__name__}: {exc}"[:500]
-            self.result.costs["real_backend_error"] = self.result.stages[-1].note
+            # "auto" asked for real kernels where they exist; one that cannot run this scheme fails this stage
+            # (so the cell counts as failed, with the reason), but the cell goes on to bench on fake
+            # quantization so that what it did measure is stored
+            note = f"backend {backend} failed: {type(exc).__name__}: {exc}".splitlines()[0][:500]
+            self.result.stages[-1].note = note
+            self.result.costs["real_backend_error"] = note
+            self.fail("eval_real", note)
             self.comp.set_backend(self.qmodel, "fake")
             return
         self.real_backend = backend
@@ -364,17 +397,34 @@ class _Cell:
                 self.eval_real()
                 self.bench(quantized=True)
         except CellFailure as exc:
-            self.fail(f"{self.stage}: {exc}")
+            self.fail(self.stage, str(exc))
+        except DiskFullError:
+            raise  # not the cell's fault: stop the run, store nothing for this cell
         except Exception as exc:  # a bug or bad data in one cell must not stop the sweep; record it
-            self.fail(f"{self.stage}: {type(exc).__name__}: {exc}")
+            if is_disk_full(exc):
+                raise disk_full_error(getattr(exc, "filename", None) or "a file", exc) from None
+            self.fail(self.stage, f"{type(exc).__name__}: {exc}")
             self.result.provenance["traceback"] = traceback.format_exc(limit=20)
+        failed = next((s for s in self.result.stages if s.status == "failed"), None)
+        if self.result.ok and failed is not None:  # a failed stage fails the cell, even when the cell went on
+            self.fail(failed.name, failed.note or "failed")
         self.result.finished_at = time.time()
         self.result.costs["cell_wall_s"] = self.result.finished_at - self.result.started_at
         return self.result
 
-    def fail(self, reason: str) -> None:
-        self.result.status = "failed"
-        self.result.reason = reason.splitlines()[0][:2000] if reason else "failed"
+    def fail(self, stage: str, why: str) -> None:
+        """Mark `stage` failed; the cell's failed_stage and reason ("<stage>: <first line of why>") keep the
+        first failure."""
+        first = why.strip().splitlines()[0] if why.strip() else "failed"
+        for rec in reversed(self.result.stages):  # the stage's own record says failed too
+            if rec.name == stage:
+                if rec.status == "ok":
+                    rec.status, rec.note = "failed", first[:500]
+                break
+        if self.result.ok:
+            self.result.status = "failed"
+            self.result.failed_stage = stage
+            self.result.reason = f"{stage}: {first}"[:2000]
 
 
 def calibration_first_scene(calibration: Any) -> Any | None:

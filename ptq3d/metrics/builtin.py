@@ -17,7 +17,10 @@ def _register_pose() -> None:
                 "mean",
                 "pose",
                 "fraction",
-                description=f"AUC@{thr} of max(RRE, RTE); scenes averaged (VGGT per-category style)",
+                weight_key=w,
+                grouped=True,
+                description=f"AUC@{thr} of max(RRE, RTE): the mean over scenes, or on a grouped protocol (CO3D) "
+                "over the pooled pairs of each category, then the mean over categories (VGGT test_co3d.py)",
             )
         )
         register_metric(
@@ -127,6 +130,32 @@ def _register_depth() -> None:
             description="scored depth pixels",
         )
     )
+    # monocular depth: every frame aligned on its own (policy.mono_depth), frames weighted by valid pixels
+    wm = "depth.mono.valid_pixels"
+    for key, hib, unit in _DEPTH:
+        register_metric(
+            MetricSpec(
+                f"depth.mono.{key}",
+                lambda r, k=key: r.metrics[k],
+                hib,
+                "weighted",
+                "depth_mono",
+                unit,
+                weight_key=wm,
+                description=f"'{key}' after a per-frame alignment (Pi3 / CUT3R monodepth)",
+            )
+        )
+    register_metric(
+        MetricSpec(
+            wm,
+            lambda r: r.metrics["valid_pixels"],
+            None,
+            "sum",
+            "depth_mono",
+            "count",
+            description="scored monocular depth pixels",
+        )
+    )
 
 
 _POINTS = (
@@ -141,6 +170,14 @@ _POINTS = (
     ("nc1_med", True, "fraction", "median of the same"),
     ("nc2", True, "fraction", "mean |n_gt . n_pred| over GT points"),
     ("nc2_med", True, "fraction", "median of the same"),
+    (
+        "precision",
+        True,
+        "fraction",
+        "fraction of predicted points within policy.fscore_threshold of a GT point",
+    ),
+    ("recall", True, "fraction", "fraction of GT points within policy.fscore_threshold of a predicted point"),
+    ("fscore", True, "fraction", "2 precision recall / (precision + recall)"),
 )
 
 

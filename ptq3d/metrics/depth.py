@@ -5,8 +5,10 @@ computed in torch float32 like the reference so that results agree to float roun
 - valid = gt > 0 (and gt < max_depth when given); ONE alignment is solved over all valid pixels of all frames.
 - alignment "median": s = median(gt) / median(pred), torch.median (the LOWER middle value for even counts);
   "scale": IRLS (Weiszfeld) L1 scale, s0 = mean(gt) / mean(pred), 10 reweightings, s >= 1e-3;
-  "scale&shift": L1 fit of s, t with torch Adam (lr 1e-4, <= 1000 steps, stop when the loss changes < 1e-6),
-  s0 = median ratio, t0 = 0; "metric": none.
+  "scale&shift": L1 fit of s, t with torch Adam (lr 1e-4 by default, <= 1000 steps, stop when the loss changes
+  < 1e-6, tested after each step as the reference does), s0 = median ratio, t0 = 0; "metric": none. The
+  reference function takes the learning rate as an argument (`lr`), so a protocol can set it per dataset
+  (AlignmentPolicy.depth_lr).
 - post_clip_min / post_clip_max clamp the aligned prediction; custom_mask [same shape as gt] then restricts
   the scored pixels (it does not affect the alignment).
 - Abs Rel = mean |p - g| / g; Sq Rel = mean (p - g)^2 / g; RMSE; Log RMSE (p clamped >= 1e-5);
@@ -44,13 +46,15 @@ REFERENCE_KEYS: dict[str, str] = {
 @dataclass
 class DepthResult:
     """metrics: our keys (see REFERENCE_KEYS) -> value; scale / shift: the fitted alignment (1, 0 for metric);
-    aligned: [N] the aligned prediction at the (alignment-)valid pixels, float32."""
+    aligned: [N] the aligned prediction at the (alignment-)valid pixels, float32; fit_steps: Adam steps of the
+    scale&shift fit (0 for the other alignments)."""
 
     metrics: dict[str, float]
     alignment: str
     scale: float
     shift: float
     aligned: torch.Tensor
+    fit_steps: int = 0
 
 
 def _to_tensor(x) -> torch.Tensor:
@@ -68,6 +72,15 @@ def scale_irls(pred: torch.Tensor, gt: torch.Tensor, iters: int = 10) -> torch.T
     return s.clamp(min=1e-3)
 
 
+@dataclass(frozen=True)
+class ScaleShiftFit:
+    """scale, shift: the fitted s, t; steps: optimiser steps taken (max_iters when it never converged)."""
+
+    scale: float
+    shift: float
+    steps: int
+
+
 def scale_shift_l1_adam(
     pred: torch.Tensor,
     gt: torch.Tensor,
@@ -75,22 +88,28 @@ def scale_shift_l1_adam(
     lr: float = 1e-4,
     max_iters: int = 1000,
     tol: float = 1e-6,
-) -> tuple[float, float]:
-    """L1 (LAD) fit of gt ~ s pred + t with torch Adam, as the reference; returns python floats (s, t)."""
+) -> ScaleShiftFit:
+    """L1 (LAD) fit of gt ~ s pred + t with torch Adam, as the reference (`absolute_value_scaling2`).
+
+    Each iteration computes the loss at the current (s, t), steps, and only then tests convergence: it stops
+    when that loss differs from the previous iteration's by < tol. So the step of the converging iteration is
+    taken, and a fit that converges at iteration i has taken i + 1 steps (the test runs AFTER the step)."""
     s = torch.tensor([s_init], dtype=pred.dtype, requires_grad=True)
     t = torch.tensor([0.0], dtype=pred.dtype, requires_grad=True)
     opt = torch.optim.Adam([s, t], lr=lr)
     prev = None
+    steps = 0
     with torch.enable_grad():
         for _ in range(max_iters):
             opt.zero_grad()
             loss = torch.sum(torch.abs(s * pred + t - gt))
+            loss.backward()
+            opt.step()
+            steps += 1
             if prev is not None and torch.abs(prev - loss) < tol:
                 break
             prev = loss.item()
-            loss.backward()
-            opt.step()
-    return s.detach().item(), t.detach().item()
+    return ScaleShiftFit(s.detach().item(), t.detach().item(), steps)
 
 
 def depth_metrics(
@@ -134,7 +153,7 @@ def depth_metrics(
         bad = int((~torch.isfinite(pred)).sum())
         raise MetricInputError(f"predicted depth: {bad} non-finite values at valid ground-truth pixels")
 
-    s, t = 1.0, 0.0
+    s, t, steps = 1.0, 0.0, 0
     if alignment == "median":
         st = torch.median(gt) / torch.median(pred)
         pred = pred * st
@@ -145,7 +164,8 @@ def depth_metrics(
         s = st.item()
     elif alignment == "scale&shift":
         s_init = (torch.median(gt) / torch.median(pred)).item()
-        s, t = scale_shift_l1_adam(pred, gt, s_init, lr=lr, max_iters=max_iters)
+        fit = scale_shift_l1_adam(pred, gt, s_init, lr=lr, max_iters=max_iters)
+        s, t, steps = fit.scale, fit.shift, fit.steps
         pred = s * pred + t
     aligned = pred
 
@@ -182,4 +202,64 @@ def depth_metrics(
     ):
         metrics[key] = torch.mean((ratio < thr).float()).item()
     metrics["valid_pixels"] = float(pred.shape[0])
-    return DepthResult(metrics=metrics, alignment=alignment, scale=float(s), shift=float(t), aligned=aligned)
+    return DepthResult(
+        metrics=metrics, alignment=alignment, scale=float(s), shift=float(t), aligned=aligned, fit_steps=steps
+    )
+
+
+def depth_metrics_per_frame(
+    pred_depth,
+    gt_depth,
+    alignment: DepthAlignment = "scale",
+    max_depth: float | None = None,
+    post_clip_max: float | None = None,
+    lr: float = 1e-4,
+    max_iters: int = 1000,
+) -> DepthResult:
+    """Monocular depth: each frame aligned on its own (Pi3 / CUT3R `monodepth/eval.py`), then the per-frame
+    metrics averaged with weights = their valid pixels (the reference's np.average(..., weights=valid_pixels)).
+
+    Args:
+        pred_depth, gt_depth: [S, H, W] (numpy or torch); gt 0 = invalid.
+        alignment: per-frame alignment ("scale" = IRLS, Pi3's monodepth config; "median" = the reference
+            function's fallback branch; "scale&shift"; "metric").
+    Returns:
+        DepthResult whose metrics are the valid-pixel-weighted frame means and valid_pixels their sum; scale /
+        shift are NaN (there is one per frame) and aligned is the concatenation of the frames' aligned pixels.
+    Frames without a valid GT pixel weigh 0 in the reference and are skipped here; none at all is an error.
+    """
+    pred_full, gt_full = _to_tensor(pred_depth), _to_tensor(gt_depth)
+    check_same_shape("predicted depth", pred_full, "ground-truth depth", gt_full)
+    if gt_full.dim() != 3:
+        raise MetricInputError(f"per-frame depth metrics: expected [S, H, W], got {list(gt_full.shape)}")
+    frames = []
+    for i in range(gt_full.shape[0]):
+        valid = gt_full[i] > 0
+        if max_depth is not None:
+            valid &= gt_full[i] < max_depth
+        if bool(valid.any()):
+            frames.append(
+                depth_metrics(
+                    pred_full[i], gt_full[i], alignment, max_depth, post_clip_max=post_clip_max, lr=lr,
+                    max_iters=max_iters,
+                )
+            )  # fmt: skip
+    if not frames:
+        raise MetricInputError(
+            "per-frame depth metrics: no frame has a valid ground-truth pixel (all <= 0 or >= max_depth)"
+        )
+    w = np.array([f.metrics["valid_pixels"] for f in frames], dtype=np.float64)
+    metrics = {
+        k: float(np.average([f.metrics[k] for f in frames], weights=w))
+        for k in REFERENCE_KEYS
+        if k != "valid_pixels"
+    }
+    metrics["valid_pixels"] = float(w.sum())
+    return DepthResult(
+        metrics=metrics,
+        alignment=f"per-frame {alignment}",
+        scale=float("nan"),
+        shift=float("nan"),
+        aligned=torch.cat([f.aligned for f in frames]),
+        fit_steps=sum(f.fit_steps for f in frames),
+    )

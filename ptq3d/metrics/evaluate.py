@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ptq3d.datasets.base import SceneSample
-from ptq3d.metrics.depth import depth_metrics
+from ptq3d.metrics.depth import depth_metrics, depth_metrics_per_frame
 from ptq3d.metrics.pointmap import evaluate_point_maps
 from ptq3d.metrics.policy import AlignmentPolicy
 from ptq3d.metrics.pose import inverse_se3, relative_pose_errors, to_homogeneous
@@ -37,14 +37,19 @@ def register_task(name: str, fn: TaskFn) -> None:
 
 
 # --- geometry helpers ------------------------------------------------------------------------------------
-def unproject_depth(depth: torch.Tensor, intrinsics: torch.Tensor, extrinsics: torch.Tensor) -> torch.Tensor:
-    """depth [S, H, W], intrinsics [S, 3, 3] (pixel centres at +0.5), extrinsics [S, 3, 4] camera-from-world
-    -> world points [S, H, W, 3] (float64)."""
+def unproject_depth(
+    depth: torch.Tensor, intrinsics: torch.Tensor, extrinsics: torch.Tensor, pixel_offset: float = 0.5
+) -> torch.Tensor:
+    """depth [S, H, W], intrinsics [S, 3, 3], extrinsics [S, 3, 4] camera-from-world -> world points
+    [S, H, W, 3] (float64). Pixel (row i, column j) looks along K^-1 [j + pixel_offset, i + pixel_offset, 1]:
+    0.5 = ptq3d's pixel-centre convention, 0.0 = the reference loaders' integer pixel coordinates."""
     d = depth.double()
     S, H, W = d.shape
     K = intrinsics.double()
     v, u = torch.meshgrid(
-        torch.arange(H, dtype=torch.float64) + 0.5, torch.arange(W, dtype=torch.float64) + 0.5, indexing="ij"
+        torch.arange(H, dtype=torch.float64) + pixel_offset,
+        torch.arange(W, dtype=torch.float64) + pixel_offset,
+        indexing="ij",
     )
     fx, fy = K[:, 0, 0, None, None], K[:, 1, 1, None, None]
     cx, cy = K[:, 0, 2, None, None], K[:, 1, 2, None, None]
@@ -89,16 +94,46 @@ def _depth_task(pred: dict, sample: SceneSample, policy: AlignmentPolicy):
     if tuple(d.shape[-2:]) != tuple(gt.shape[-2:]):
         d = _resize_depth(d, tuple(gt.shape[-2:]))
     return depth_metrics(
-        d, gt, alignment=policy.depth, max_depth=policy.max_depth, post_clip_max=policy.post_clip_max
+        d,
+        gt,
+        alignment=policy.depth,
+        max_depth=policy.max_depth,
+        post_clip_max=policy.post_clip_max,
+        lr=policy.depth_lr,
     )
 
 
-def _gt_points(sample: SceneSample) -> tuple[torch.Tensor, torch.Tensor]:
+def _mono_depth_task(pred: dict, sample: SceneSample, policy: AlignmentPolicy):
+    gt = _gt_depth(sample)
+    d = pred["depth"]
+    if d is None:
+        raise MetricInputError("monocular depth metrics: the prediction has no depth")
+    if d.shape[0] != gt.shape[0]:
+        raise MetricInputError(
+            f"shape mismatch: predicted depth {list(d.shape)} vs ground-truth depth {list(gt.shape)}"
+        )
+    if tuple(d.shape[-2:]) != tuple(gt.shape[-2:]):
+        d = _resize_depth(d, tuple(gt.shape[-2:]))
+    return depth_metrics_per_frame(
+        d,
+        gt,
+        alignment=policy.mono_depth,
+        max_depth=policy.max_depth,
+        post_clip_max=policy.post_clip_max,
+        lr=policy.depth_lr,
+    )
+
+
+PIXEL_OFFSETS = {"half": 0.5, "integer": 0.0}
+
+
+def _gt_points(sample: SceneSample, policy: AlignmentPolicy) -> tuple[torch.Tensor, torch.Tensor]:
     valid = sample.valid_mask.bool()
     if sample.points is not None:
         pts = sample.points.double()
     else:
-        pts = unproject_depth(sample.depth, sample.intrinsics, sample.extrinsics)
+        offset = PIXEL_OFFSETS[policy.gt_pixel_centers]
+        pts = unproject_depth(sample.depth, sample.intrinsics, sample.extrinsics, offset)
         valid = valid & (sample.depth > 0)
     return pts, valid & torch.isfinite(pts).all(-1)
 
@@ -117,7 +152,7 @@ def _pred_points(pred: dict, policy: AlignmentPolicy) -> torch.Tensor:
 
 
 def _points_task(pred: dict, sample: SceneSample, policy: AlignmentPolicy):
-    gt, valid = _gt_points(sample)
+    gt, valid = _gt_points(sample, policy)
     pp = _pred_points(pred, policy)
     if pp.shape[0] != gt.shape[0]:
         raise MetricInputError(
@@ -136,6 +171,7 @@ def _points_task(pred: dict, sample: SceneSample, policy: AlignmentPolicy):
         seed=policy.seed,
         pred_first_cam_w2c=pred["extrinsics"][0] if pred["extrinsics"] is not None else None,
         gt_first_cam_w2c=sample.extrinsics[0],
+        fscore_threshold=policy.fscore_threshold,
     )
 
 
@@ -149,6 +185,7 @@ def _trajectory_task(pred: dict, sample: SceneSample, policy: AlignmentPolicy):
 
 register_task("pose", _pose_task)
 register_task("depth", _depth_task)
+register_task("depth_mono", _mono_depth_task)
 register_task("points", _points_task)
 register_task("trajectory", _trajectory_task)
 
@@ -201,7 +238,7 @@ def evaluate_scene(
         pred: Predictions of this scene (batch dim 1, or none); extrinsics OpenCV camera-from-world.
         sample: the scene's SceneSample.
         metrics: registered metric names (list_metrics()); None = every metric of the pose / depth / points
-            tasks the sample has ground truth for (trajectory metrics only on request).
+            tasks the sample has ground truth for (trajectory and per-frame depth.mono.* only on request).
         alignment: the AlignmentPolicy (default AlignmentPolicy()); record policy.to_dict() with the results.
     Returns:
         {metric name: value}, plus the count metrics that pooled / weighted aggregation needs.
@@ -229,28 +266,91 @@ def evaluate_scene(
     return out
 
 
+def scene_groups(samples: Sequence[SceneSample]) -> list[str] | None:
+    """The group of every scene for grouped aggregation, or None when the protocol does not group.
+
+    CO3D scenes group by category (meta "category", else the part of meta "scene" before "/"), as VGGT and
+    QuantVGGT aggregate pose per category; every other dataset keeps its own aggregation (None)."""
+    datasets = {s.meta.get("dataset") for s in samples}
+    if datasets != {"co3d"}:
+        if "co3d" in datasets:
+            raise MetricInputError(
+                f"scene_groups: CO3D scenes mixed with {sorted(map(str, datasets - {'co3d'}))}"
+            )
+        return None
+    out = []
+    for s in samples:
+        cat = s.meta.get("category") or str(s.meta.get("scene", "")).partition("/")[0]
+        if not cat:
+            raise MetricInputError(
+                f"scene_groups: CO3D scene {s.meta.get('scene')!r} has no category in its meta"
+            )
+        out.append(str(cat))
+    return out
+
+
+def _pooled(x: np.ndarray, w: np.ndarray, name: str, weight_key: str) -> tuple[float, float]:
+    """Weighted mean and its ratio-estimator standard error (NaN below 2 items)."""
+    if w.sum() <= 0:
+        raise MetricInputError(f"aggregate: weights '{weight_key}' of metric '{name}' sum to 0")
+    n = x.size
+    mean = float(np.sum(w * x) / w.sum())
+    se = float(np.sqrt(n / (n - 1) * np.sum(w**2 * (x - mean) ** 2)) / w.sum()) if n > 1 else float("nan")
+    return mean, se
+
+
 def aggregate(
-    per_scene: Iterable[dict[str, float]], specs: Sequence[MetricSpec | str] | None = None
+    per_scene: Iterable[dict[str, float]],
+    specs: Sequence[MetricSpec | str] | None = None,
+    groups: Sequence[str] | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Combine per-scene results into {name: (value, standard error)} following each spec's aggregation.
 
     Scenes without a metric are skipped for it. Standard errors: mean -> std(ddof=1) / sqrt(n);
     pooled / weighted -> the ratio-estimator error sqrt(n / (n - 1) * sum w^2 (x - mean)^2) / sum w;
     sum -> 0; NaN when fewer than 2 scenes contribute.
+    groups: one label per scene (`scene_groups`; CO3D categories) or None. Specs with grouped=True are then
+    pooled within each group (weighted by weight_key: for AUC, a mean over pairs, this equals the AUC of the
+    group's concatenated pairs) and averaged over groups with equal weight; their error is over groups.
     """
     scenes = list(per_scene)
+    if groups is not None and len(groups) != len(scenes):
+        raise MetricInputError(f"aggregate: {len(groups)} group labels for {len(scenes)} scenes")
     if specs is None:
         names = list(dict.fromkeys(k for s in scenes for k in s))
         specs = [get_metric(n) for n in names]
     out: dict[str, tuple[float, float]] = {}
     for spec in specs:
         spec = get_metric(spec) if isinstance(spec, str) else spec
-        rows = [s for s in scenes if spec.name in s]
+        idx = [i for i, s in enumerate(scenes) if spec.name in s]
+        rows = [scenes[i] for i in idx]
         if not rows:
             continue
         x = np.array([s[spec.name] for s in rows], dtype=np.float64)
         n = x.size
-        if spec.aggregation == "sum":
+        if groups is not None and spec.grouped:
+            missing = [i for i, s in zip(idx, rows, strict=True) if spec.weight_key not in s]
+            if missing:
+                raise MetricInputError(
+                    f"aggregate: metric '{spec.name}' needs '{spec.weight_key}' in every scene (missing in scene {missing[0]})"
+                )
+            w = np.array([s[spec.weight_key] for s in rows], dtype=np.float64)
+            labels = [groups[i] for i in idx]
+            per_group = np.array(
+                [
+                    _pooled(
+                        x[[k for k, g in enumerate(labels) if g == group]],
+                        w[[k for k, g in enumerate(labels) if g == group]],
+                        spec.name,
+                        spec.weight_key,
+                    )[0]
+                    for group in dict.fromkeys(labels)
+                ]
+            )
+            g = per_group.size
+            se = float(per_group.std(ddof=1) / np.sqrt(g)) if g > 1 else float("nan")
+            out[spec.name] = (float(per_group.mean()), se)
+        elif spec.aggregation == "sum":
             out[spec.name] = (float(x.sum()), 0.0)
         elif spec.aggregation == "mean":
             se = float(x.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
@@ -262,15 +362,5 @@ def aggregate(
                     f"aggregate: metric '{spec.name}' needs '{spec.weight_key}' in every scene (missing in scene {missing[0]})"
                 )
             w = np.array([s[spec.weight_key] for s in rows], dtype=np.float64)
-            if w.sum() <= 0:
-                raise MetricInputError(
-                    f"aggregate: weights '{spec.weight_key}' of metric '{spec.name}' sum to 0"
-                )
-            mean = float(np.sum(w * x) / w.sum())
-            se = (
-                float(np.sqrt(n / (n - 1) * np.sum(w**2 * (x - mean) ** 2)) / w.sum())
-                if n > 1
-                else float("nan")
-            )
-            out[spec.name] = (mean, se)
+            out[spec.name] = _pooled(x, w, spec.name, spec.weight_key)
     return out

@@ -7,6 +7,9 @@ Definitions (identical in Pi3 / CUT3R / Spann3R / QuantVGGT `mv_recon` utils; no
 - nc1 = |n_gt[nn(pred)] . n_pred| over predicted points; nc2 = |n_gt . n_pred[nn(gt)]| over GT points;
   nc = (nc1 + nc2) / 2 and nc_med = (nc1_med + nc2_med) / 2.
 - chamfer = (acc + comp) / 2 (VGGT's "Overall").
+- precision / recall at a distance threshold tau (GT units): the fraction of predicted points within tau of a GT
+  point / of GT points within tau of a predicted point (the reference mv_recon utils' `completion_ratio` with
+  dist_th = 0.05 is the recall); fscore = 2 P R / (P + R) (0 when both are 0).
 Units are those of the GT (metres). Medians are numpy's (mean of the two middle values).
 
 `evaluate_point_maps` runs a whole protocol on pixel-aligned maps [S, H, W, 3]: alignment (see
@@ -64,6 +67,14 @@ class PointCloudMetrics:
     nc1_med: float
     nc2: float
     nc2_med: float
+    precision: float = float("nan")
+    recall: float = float("nan")
+    threshold: float = float("nan")
+
+    @property
+    def fscore(self) -> float:
+        p, r = self.precision, self.recall
+        return 2 * p * r / (p + r) if p + r > 0 else 0.0
 
     @property
     def nc(self) -> float:
@@ -90,6 +101,9 @@ class PointCloudMetrics:
             "nc",
             "nc_med",
             "chamfer",
+            "precision",
+            "recall",
+            "fscore",
         )
         return {k: float(getattr(self, k)) for k in names}
 
@@ -118,10 +132,14 @@ def cloud_metrics(
     pred_normals: np.ndarray | None = None,
     gt_normals: np.ndarray | None = None,
     workers: int = -1,
+    threshold: float = 0.05,
 ) -> PointCloudMetrics:
-    """Acc / Comp / NC of pred_points [n, 3] against gt_points [m, 3] (already aligned).
+    """Acc / Comp / NC, and precision / recall at `threshold` (GT units), of pred_points [n, 3] against
+    gt_points [m, 3] (already aligned).
 
     Normals [n, 3] / [m, 3] are estimated with Open3D defaults when not given."""
+    if not threshold > 0:
+        raise MetricInputError(f"point metrics: the precision / recall threshold {threshold} must be > 0")
     pred = _checked_cloud("predicted points", pred_points)
     gt = _checked_cloud("ground-truth points", gt_points)
     pn = estimate_normals(pred) if pred_normals is None else as_numpy(pred_normals)
@@ -141,6 +159,9 @@ def cloud_metrics(
         nc1_med=float(np.median(nc1)),
         nc2=float(np.mean(nc2)),
         nc2_med=float(np.median(nc2)),
+        precision=float(np.mean(dist_acc < threshold)),
+        recall=float(np.mean(dist_comp < threshold)),
+        threshold=float(threshold),
     )
 
 
@@ -161,8 +182,18 @@ class PointMapResult:
 
 
 def center_crop_mask(shape_shw: tuple[int, int, int], crop: int) -> np.ndarray:
-    """[S, H, W] bool: True in the central crop x crop window of every view (CUT3R: 224 px)."""
+    """[S, H, W] bool: True in the central crop x crop window of every view (CUT3R: 224 px).
+
+    A crop larger than the image is refused: the reference slices [c - crop/2 : c + crop/2] with a negative start
+    that Python wraps, so on a 112 px image a 224 crop keeps only the bottom-right corner quarter, and clamping
+    to the image instead would keep all of it; neither is the protocol, so the caller must choose a crop that
+    fits (or none)."""
     S, H, W = shape_shw
+    if crop > H or crop > W:
+        raise MetricInputError(
+            f"center_crop={crop} px is larger than the {H}x{W} image (the reference's slicing would wrap to a "
+            "corner); use a crop <= the image size or center_crop=None"
+        )
     m = np.zeros(shape_shw, dtype=bool)
     cy, cx = H // 2, W // 2
     half = crop // 2
@@ -181,6 +212,7 @@ def evaluate_point_maps(
     seed: int = 0,
     pred_first_cam_w2c: np.ndarray | None = None,
     gt_first_cam_w2c: np.ndarray | None = None,
+    fscore_threshold: float = 0.05,
 ) -> PointMapResult:
     """Align a predicted point map to GT, then score it.
 
@@ -193,9 +225,11 @@ def evaluate_point_maps(
         icp_threshold: ICP max correspondence distance in GT units (0.1 m; 100 for DTU's mm).
         max_points: if set, score a seeded random subset of at most this many valid pixels (same pixels for
             pred and GT) after the global alignment, before ICP; keeps big scenes fast.
-        center_crop: keep only the central crop x crop pixels of each view after the global alignment.
+        center_crop: keep only the central crop x crop pixels of each view after the global alignment; a crop
+            larger than the image raises MetricInputError (see center_crop_mask).
         pred_first_cam_w2c, gt_first_cam_w2c: [3, 4] or [4, 4] OpenCV camera-from-world of view 0 of the
             prediction / GT, for the median protocols (which work in the first camera's frame).
+        fscore_threshold: distance (GT units) for precision / recall / F-score.
     """
     if alignment not in POINT_ALIGNMENTS:
         raise MetricInputError(
@@ -242,7 +276,7 @@ def evaluate_point_maps(
         icp = icp_point_to_point(pred_v, gt_v, threshold=icp_threshold)
         pred_v = apply_rigid(icp.transformation, pred_v)
     return PointMapResult(
-        metrics=cloud_metrics(pred_v, gt_v),
+        metrics=cloud_metrics(pred_v, gt_v, threshold=fscore_threshold),
         alignment=alignment,
         pred_points=pred_v,
         gt_points=gt_v,

@@ -5,11 +5,17 @@ task "pose" -> pose.PoseErrors, "depth" -> depth.DepthResult, "points" -> pointm
 "trajectory" -> trajectory.TrajectoryResult.
 
 Aggregation over scenes:
-- "mean": plain mean of the per-scene values (VGGT's per-category AUC mean; the point-map protocols).
+- "mean": plain mean of the per-scene values (the point-map protocols).
 - "pooled": equals the metric computed over all items (pairs) of all scenes pooled, for metrics that are means
   over items: the per-scene values weighted by the item count in `weight_key` (Pi3's pooled AUC / RRA / RTA).
 - "weighted": mean weighted by the per-scene value of `weight_key` (depth: valid pixels, as the reference).
 - "sum": counts (pairs, pixels, points).
+Grouped protocols (CO3D: scenes grouped by category, `evaluate.scene_groups`): a spec with `grouped=True` is
+pooled over the items of each group (weighted by `weight_key`), then the groups are averaged with equal weight,
+as VGGT `evaluation/test_co3d.py` and QuantVGGT `run_co3d.py` concatenate the pair errors of a category's
+sequences, compute the AUC per category and report the mean over categories (pose.auc@*; RRA / RTA, which
+those scripts do not report for CO3D, stay pooled over all pairs). Without groups such a
+spec aggregates by its own `aggregation`.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ class MetricSpec:
     """name: "task.metric" (e.g. "pose.auc@30"); fn: task result -> float; higher_is_better: None for counts;
     aggregation: see module doc; task: which per-scene computation feeds fn; unit: "deg", "m", "fraction",
     "count", ...; version: bump when the definition changes (cached results are keyed by it);
-    weight_key: the count metric that weights "pooled" / "weighted" aggregation."""
+    weight_key: the count metric that weights "pooled" / "weighted" aggregation (and the pooling within a group);
+    grouped: pool within groups, then average groups, when the protocol groups its scenes (module doc)."""
 
     name: str
     fn: Callable[[Any], float]
@@ -44,14 +51,16 @@ class MetricSpec:
     version: int = 1
     weight_key: str | None = None
     description: str = ""
+    grouped: bool = False
 
     def __post_init__(self):
         if self.aggregation not in AGGREGATIONS:
             raise UserError(
                 f"metric '{self.name}': unknown aggregation '{self.aggregation}' (known: {AGGREGATIONS})"
             )
-        if self.aggregation in ("pooled", "weighted") and not self.weight_key:
-            raise UserError(f"metric '{self.name}': aggregation '{self.aggregation}' needs a weight_key")
+        if (self.aggregation in ("pooled", "weighted") or self.grouped) and not self.weight_key:
+            why = "grouped aggregation" if self.grouped else f"aggregation '{self.aggregation}'"
+            raise UserError(f"metric '{self.name}': {why} needs a weight_key")
 
 
 _REGISTRY: dict[str, MetricSpec] = {}

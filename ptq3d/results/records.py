@@ -5,6 +5,13 @@ only plain values (str, int, float, dicts of those), so it pickles and JSON-seri
 SHA-256 of its canonical JSON, which keys the results store (a killed sweep resumes by skipping known ids).
 `run_cell(spec, cache_dir) -> CellResult` (ptq3d.harness.runner) is a pure function of the spec and the
 on-disk caches; only the driver writes the store.
+
+Identity by content: the spec carries content fingerprints (ModelRef.weights_sha256, ProtocolRef.data_hash,
+CalibRef.data_hash, MethodRef.version), filled by ptq3d.harness.identity.prepare before a run, so replacing a
+checkpoint or a dataset file in place, or changing a method's code version, makes a different cell_id.
+`row_key` is what a report row shows (labels, scheme, protocol, calibration builder and seed); the store keeps
+at most one cell per row key (`slot_id`), so a recomputed cell replaces its stale predecessor instead of
+sitting beside it.
 """
 
 from __future__ import annotations
@@ -40,13 +47,15 @@ def short_hash(obj: Any, n: int = 16) -> str:
 @dataclass(frozen=True)
 class ModelRef:
     """name: registered model name; weights: checkpoint path or None (seeded random init with `init_seed`);
-    label: shown in tables; options: extra keyword arguments for the model loader."""
+    label: shown in tables; options: extra keyword arguments for the model loader; weights_sha256: SHA-256 of
+    the checkpoint file's bytes ("" until ptq3d.harness.identity fills it; part of the cell id)."""
 
     name: str
     weights: str | None = None
     label: str = ""
     init_seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    weights_sha256: str = ""
 
     @property
     def display(self) -> str:
@@ -57,7 +66,8 @@ class ModelRef:
 class ProtocolRef:
     """A versioned evaluation protocol: name, data root (None for synthetic), scene limit, metric names (None =
     the components' defaults), alignment preset (None = the default policy) and alignment_options (policy
-    fields overriding the preset, e.g. max_points)."""
+    fields overriding the preset, e.g. max_points); data_hash: fingerprint of the protocol definition and of
+    the files under root ("" until ptq3d.harness.identity fills it; part of the cell id)."""
 
     name: str
     root: str | None = None
@@ -65,15 +75,21 @@ class ProtocolRef:
     metrics: tuple[str, ...] | None = None
     alignment: str | None = None
     alignment_options: dict[str, Any] = field(default_factory=dict)
+    data_hash: str = ""
 
 
 @dataclass(frozen=True)
 class MethodRef:
-    """name: registered method; label: shown in tables (defaults to name); config: the method's config keys."""
+    """name: registered method; label: shown in tables (defaults to name); config: the method's config keys as the
+    method receives them (its preset's values, then the user's keys); preset: "paper" (default) or another preset
+    the method's config declares (e.g. "code", the authors' released settings); version: the method's code
+    version from its registry entry ("" until ptq3d.harness.identity fills it; part of the cell id)."""
 
     name: str
     label: str = ""
     config: dict[str, Any] = field(default_factory=dict)
+    preset: str = "paper"
+    version: str = ""
 
     @property
     def display(self) -> str:
@@ -83,7 +99,9 @@ class MethodRef:
 @dataclass(frozen=True)
 class CalibRef:
     """How the calibration set is drawn: builder over the scenes of `protocol` (at `root`), `num_scenes` of
-    them, with `seed`."""
+    them, with `seed`; limit: first N pool scenes only; frames: the first N frames of every pool scene (None =
+    all); options: the builder's options (e.g. NFDS's filter, num_clusters); data_hash: fingerprint of the
+    calibration protocol and its files, as ProtocolRef.data_hash (part of the cell id)."""
 
     builder: str
     protocol: str
@@ -91,6 +109,9 @@ class CalibRef:
     num_scenes: int = 4
     seed: int = 0
     limit: int | None = None
+    frames: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    data_hash: str = ""
 
 
 @dataclass(frozen=True)
@@ -151,6 +172,25 @@ class CellSpec:
         return short_hash(self.to_dict(), 20)
 
     @property
+    def row_key(self) -> tuple[Any, ...]:
+        """What one report row shows: (model label, method label, scheme, protocol, calibration builder, seed).
+        Two different cells with one row key would be merged by a report: the store keeps one per key."""
+        cal = self.calibration
+        return (
+            self.model.display,
+            self.method.display,
+            self.scheme,
+            self.protocol.name,
+            cal.builder if cal else None,
+            cal.seed if cal else None,
+        )
+
+    @property
+    def slot_id(self) -> str:
+        """SHA-256 prefix of row_key: the store's one-cell-per-row key."""
+        return short_hash(list(self.row_key), 20)
+
+    @property
     def is_reference(self) -> bool:
         return self.method.name == FP_METHOD
 
@@ -161,6 +201,28 @@ class CellSpec:
     def describe(self) -> str:
         cal = f" {self.calibration.builder}/seed{self.calibration.seed}" if self.calibration else ""
         return f"{self.model.display} | {self.method.display} | {self.scheme} | {self.protocol.name}{cal}"
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def spec_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two CellSpec dicts, as 'key: old -> new' (hashes cut to 12 characters)."""
+
+    def show(v: Any) -> str:
+        text = "unset" if v in (None, "") else str(v)
+        return text[:12] + "..." if len(text) > 15 and " " not in text else text
+
+    a, b = _flatten(old), _flatten(new)
+    return [
+        f"{k}: {show(a.get(k))} -> {show(b.get(k))}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+    ]
 
 
 @dataclass
@@ -192,12 +254,14 @@ class MetricRow:
 
 @dataclass
 class CellResult:
-    """Everything one cell measured. status "ok" | "failed" (reason says which stage and why). A failed cell
-    keeps the stages and metrics it finished, but reports never average it in."""
+    """Everything one cell measured. status "ok" | "failed": failed_stage names the first stage that failed
+    (or "worker" when the process running it died) and reason says why. A failed cell keeps the stages and
+    metrics it finished, but reports never rank it."""
 
     spec: CellSpec
     status: str = "ok"
     reason: str = ""
+    failed_stage: str = ""
     metrics: list[MetricRow] = field(default_factory=list)
     metric_info: dict[str, dict[str, Any]] = field(default_factory=dict)
     stages: list[StageRecord] = field(default_factory=list)

@@ -13,10 +13,21 @@ Tables
 
 A cell is inserted in a single transaction (its old rows, if any, replaced), so a run killed at any moment
 leaves every cell either complete or absent; resuming skips the cell ids already present.
+
+One cell per row: cells.slot_id is the hash of a cell's row key (labels, scheme, protocol, calibration
+builder and seed, see CellSpec.row_key). Writing a cell removes any other cell of the same slot in the same
+transaction (a cell recomputed because its inputs changed replaces the stale one), so no report can merge two
+different cells into one row. cells.failed_stage names the stage a failed cell failed in; status "stale" marks
+a finished cell whose inputs changed, until its recomputation replaces it (reports rank only status "ok").
+
+Faults: a file that is not a readable SQLite store raises StoreCorruptError at open, naming the way out
+(`ptq3d store repair RUN_DIR`, see repair_store); a full disk raises DiskFullError (the cell's transaction is
+rolled back, nothing half-written).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import sqlite3
@@ -28,6 +39,37 @@ from ptq3d.errors import UserError
 from ptq3d.results.records import CellResult
 
 SCHEMA_VERSION = 1
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class StoreCorruptError(UserError):
+    """The results store file is not a readable SQLite database (or lacks the ptq3d tables)."""
+
+
+class DiskFullError(UserError):
+    """No space left while writing a store, cache or report file: the run stops, nothing half-written."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An OSError with ENOSPC/EDQUOT, or SQLite's SQLITE_FULL ("database or disk is full")."""
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc)
+
+
+def disk_full_error(where: str | Path, exc: BaseException) -> DiskFullError:
+    return DiskFullError(
+        f"disk full while writing '{where}' ({exc}); nothing half-written was kept: free space and rerun "
+        "the same command to resume (finished cells are stored)"
+    )
+
+
+def _repair_hint(path: Path) -> str:
+    return (
+        f"run `ptq3d store repair {path.parent}` to move it aside and keep its readable cells, "
+        "or choose another --out"
+    )
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
@@ -47,6 +89,14 @@ CREATE TABLE IF NOT EXISTS stages(
     cuda_peak_bytes INTEGER, status TEXT, note TEXT, PRIMARY KEY(cell_id, stage));
 CREATE TABLE IF NOT EXISTS metric_info(metric TEXT PRIMARY KEY, higher_is_better INTEGER, unit TEXT, aggregation TEXT);
 """
+# columns added after version 1 shipped: added in place when a store is opened for writing (readers of either
+# layout work, since they select by name)
+_ADDED_CELL_COLUMNS = {"slot_id": "TEXT", "failed_stage": "TEXT"}
+_CELL_COLUMNS = (
+    "cell_id", "run_id", "status", "reason", "model", "model_label", "method", "method_label", "scheme",
+    "protocol", "calib_builder", "calib_seed", "spec", "costs", "manifest", "stats", "provenance", "counters",
+    "started_at", "finished_at", "slot_id", "failed_stage",
+)  # fmt: skip
 
 JSON_COLUMNS = ("spec", "costs", "manifest", "stats", "provenance", "counters")
 
@@ -73,31 +123,64 @@ class ResultsStore:
 
     def __init__(self, path: str | Path, readonly: bool = False):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise UserError(f"results store '{self.path}' is a directory, not a file")
         if readonly:
             if not self.path.is_file():
                 raise UserError(f"results store '{self.path}' does not exist")
             self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
-            try:
-                self._check_schema()
-            except sqlite3.DatabaseError as exc:
-                raise UserError(f"'{self.path}' is not a ptq3d results store ({exc})") from None
+            self._check_schema()
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:
+                raise UserError(
+                    f"cannot create results store '{self.path}': '{self.path.parent}' is a file"
+                ) from None
             self.conn = sqlite3.connect(self.path, timeout=60)
-            with self.conn:
-                self.conn.executescript(_SCHEMA)
-                self.conn.execute(
-                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
+            try:
+                with self.conn:
+                    self.conn.executescript(_SCHEMA)
+                    self.conn.execute(
+                        "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                        (str(SCHEMA_VERSION),),
+                    )
+                    have = {r[1] for r in self.conn.execute("PRAGMA table_info(cells)")}
+                    for column, kind in _ADDED_CELL_COLUMNS.items():
+                        if column not in have:
+                            self.conn.execute(f"ALTER TABLE cells ADD COLUMN {column} {kind}")
+                    if "slot_id" not in have:
+                        self._backfill_slots()
+            except sqlite3.DatabaseError as exc:
+                self.conn.close()
+                if is_disk_full(exc):
+                    raise disk_full_error(self.path, exc) from None
+                raise StoreCorruptError(
+                    f"results store '{self.path}' is corrupt ({exc}): {_repair_hint(self.path)}"
+                ) from None
             self._check_schema()
         self.conn.row_factory = sqlite3.Row
+
+    def _backfill_slots(self) -> None:
+        """slot_id of rows written before the column existed, from their stored spec (rows whose spec cannot
+        be read keep NULL: they match no slot)."""
+        from ptq3d.results.records import CellSpec
+
+        for cid, spec in self.conn.execute("SELECT cell_id, spec FROM cells").fetchall():
+            try:
+                slot = CellSpec.from_dict(json.loads(spec)).slot_id
+            except (TypeError, KeyError, ValueError):
+                continue
+            self.conn.execute("UPDATE cells SET slot_id = ? WHERE cell_id = ?", (slot, cid))
 
     def _check_schema(self) -> None:
         try:
             row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         except sqlite3.DatabaseError as exc:
-            raise UserError(f"'{self.path}' is not a ptq3d results store ({exc})") from None
+            self.conn.close()
+            raise StoreCorruptError(
+                f"'{self.path}' is not a readable ptq3d results store ({exc}): {_repair_hint(self.path)}"
+            ) from None
         if row is None or int(row[0]) != SCHEMA_VERSION:
             raise UserError(
                 f"results store '{self.path}' has schema version {row[0] if row else 'none'}, "
@@ -115,22 +198,45 @@ class ResultsStore:
 
     # --- writing ----------------------------------------------------------------------------------------
     def record_run(self, run_id: str, config_text: str, provenance: dict[str, Any]) -> None:
-        with self.conn:
-            self.conn.execute(
-                "INSERT OR REPLACE INTO runs(run_id, started_at, config, provenance) VALUES (?, ?, ?, ?)",
-                (run_id, time.time(), config_text, _json(provenance)),
-            )
+        try:
+            with self.conn:
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO runs(run_id, started_at, config, provenance) VALUES (?, ?, ?, ?)",
+                    (run_id, time.time(), config_text, _json(provenance)),
+                )
+        except sqlite3.OperationalError as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(self.path, exc) from None
+            raise
 
-    def write_cell(self, result: CellResult, run_id: str = "") -> None:
-        """Insert (or replace) one cell with its metrics and stages in one transaction."""
+    def write_cell(self, result: CellResult, run_id: str = "") -> list[str]:
+        """Insert (or replace) one cell with its metrics and stages in one transaction; any other cell of the
+        same slot (row key) is removed in that transaction. Returns the cell ids it replaced. A full disk
+        raises DiskFullError with the transaction rolled back."""
+        try:
+            return self._write_cell(result, run_id)
+        except sqlite3.OperationalError as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(self.path, exc) from None
+            raise
+
+    def _write_cell(self, result: CellResult, run_id: str) -> list[str]:
         spec = result.spec
         cid = result.cell_id
+        slot = spec.slot_id
         cal = spec.calibration
         with self.conn:  # one transaction: all rows of the cell or none
-            for table in ("metrics", "stages", "cells"):
-                self.conn.execute(f"DELETE FROM {table} WHERE cell_id = ?", (cid,))
+            replaced = [
+                r[0]
+                for r in self.conn.execute(
+                    "SELECT cell_id FROM cells WHERE slot_id = ? AND cell_id != ?", (slot, cid)
+                )
+            ]
+            for old in [*replaced, cid]:
+                for table in ("metrics", "stages", "cells"):
+                    self.conn.execute(f"DELETE FROM {table} WHERE cell_id = ?", (old,))
             self.conn.execute(
-                "INSERT INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO cells({', '.join(_CELL_COLUMNS)}) VALUES ({', '.join('?' * len(_CELL_COLUMNS))})",
                 (
                     cid,
                     run_id,
@@ -152,6 +258,8 @@ class ResultsStore:
                     _json(result.counters),
                     result.started_at,
                     result.finished_at,
+                    slot,
+                    result.failed_stage or None,
                 ),
             )
             self.conn.executemany(
@@ -197,8 +305,40 @@ class ResultsStore:
                     for name, info in result.metric_info.items()
                 ],
             )
+        return replaced
+
+    def mark_stale(self, cell_ids: dict[str, str]) -> None:
+        """Set status "stale" (reason: what changed) on finished cells whose inputs changed, so no report ranks
+        them while their recomputation is pending; cell_ids: cell id -> reason."""
+        try:
+            with self.conn:
+                self.conn.executemany(
+                    "UPDATE cells SET status = 'stale', reason = ? WHERE cell_id = ?",
+                    [(reason, cid) for cid, reason in cell_ids.items()],
+                )
+        except sqlite3.OperationalError as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(self.path, exc) from None
+            raise
 
     # --- reading ----------------------------------------------------------------------------------------
+    def slots(self) -> dict[str, dict[str, Any]]:
+        """slot_id -> {cell_id, status, spec (decoded)} of every stored cell (the slot recomputed from the
+        stored spec for rows written before slot_id existed)."""
+        from ptq3d.results.records import CellSpec
+
+        out = {}
+        for r in self.conn.execute("SELECT cell_id, status, spec, slot_id FROM cells"):
+            spec = json.loads(r["spec"]) if r["spec"] else {}
+            slot = r["slot_id"]
+            if not slot:
+                try:
+                    slot = CellSpec.from_dict(spec).slot_id
+                except (KeyError, TypeError):
+                    continue
+            out[slot] = {"cell_id": r["cell_id"], "status": r["status"], "spec": spec}
+        return out
+
     def cell_ids(self, status: str | None = None) -> set[str]:
         if status is None:
             rows = self.conn.execute("SELECT cell_id FROM cells")
@@ -238,3 +378,85 @@ class ResultsStore:
 
     def runs(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.conn.execute("SELECT * FROM runs ORDER BY started_at")]
+
+
+def _integrity_ok(path: Path) -> bool:
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            ok = conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            return (
+                ok
+                and conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() is not None
+            )
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return False
+
+
+def repair_store(path: str | Path) -> dict[str, Any]:
+    """Move a corrupt store aside (`<name>.corrupt-<time>`) and start a new one at `path` holding every cell
+    that can still be read whole (its row, metrics and stages), plus the readable runs and metric_info.
+
+    Returns {"moved_to", "kept", "lost", "index_readable"} (lost: cell ids whose rows could not be read;
+    index_readable False: not even the list of cells could be read, the new store is empty). A healthy store
+    is left alone (UserError)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"results store '{path}' does not exist")
+    if _integrity_ok(path):
+        raise UserError(
+            f"results store '{path}' is readable and passes SQLite's integrity check: nothing to repair"
+        )
+    moved = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    path.replace(moved)
+    for suffix in (
+        "-wal",
+        "-shm",
+        "-journal",
+    ):  # a journal of the corrupt file must not be replayed into the new one
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            side.replace(moved.with_name(moved.name + suffix))
+    kept: list[str] = []
+    lost: list[str] = []
+    try:
+        old = sqlite3.connect(f"file:{moved}?mode=ro", uri=True)
+        old.row_factory = sqlite3.Row
+        ids = [r[0] for r in old.execute("SELECT cell_id FROM cells")]
+    except sqlite3.DatabaseError:  # not even the list of cells can be read: the new store starts empty
+        ResultsStore(path).close()
+        return {"moved_to": str(moved), "kept": kept, "lost": lost, "index_readable": False}
+    with ResultsStore(path) as new:
+        for table in ("runs", "metric_info"):
+            try:
+                rows = [dict(r) for r in old.execute(f"SELECT * FROM {table}")]
+            except sqlite3.DatabaseError:
+                continue
+            _insert(new.conn, table, rows)
+        for cid in ids:
+            try:
+                parts = {
+                    t: [dict(r) for r in old.execute(f"SELECT * FROM {t} WHERE cell_id = ?", (cid,))]
+                    for t in ("cells", "metrics", "stages")
+                }
+            except sqlite3.DatabaseError:
+                lost.append(cid)
+                continue
+            with new.conn:
+                for table, rows in parts.items():
+                    _insert(new.conn, table, rows)
+            kept.append(cid)
+    old.close()
+    return {"moved_to": str(moved), "kept": kept, "lost": lost, "index_readable": True}
+
+
+def _insert(conn: sqlite3.Connection, table: str, rows: list[dict[str, Any]]) -> None:
+    have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+    for row in rows:
+        cols = [c for c in row if c in have]
+        conn.execute(
+            f"INSERT OR REPLACE INTO {table}({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+            [row[c] for c in cols],
+        )

@@ -69,5 +69,33 @@ def test_readonly_open_checks_the_file(tmp_path):
         ResultsStore(tmp_path / "none.sqlite", readonly=True)
     bad = tmp_path / "bad.sqlite"
     bad.write_text("not a database at all" * 100)
-    with pytest.raises(UserError, match="not a ptq3d results store"):
+    with pytest.raises(UserError, match="not a readable ptq3d results store"):
         ResultsStore(bad, readonly=True)
+
+
+def test_a_store_written_before_slot_ids_is_upgraded_in_place(make_config, tmp_path):
+    path = tmp_path / "old.sqlite"
+    con = sqlite3.connect(path)  # the version-1 layout without cells.slot_id and cells.failed_stage
+    con.executescript(
+        "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT);"
+        "INSERT INTO meta VALUES ('schema_version', '1');"
+        "CREATE TABLE cells(cell_id TEXT PRIMARY KEY, run_id TEXT, status TEXT NOT NULL, reason TEXT, model TEXT,"
+        " model_label TEXT, method TEXT, method_label TEXT, scheme TEXT, protocol TEXT, calib_builder TEXT,"
+        " calib_seed INTEGER, spec TEXT, costs TEXT, manifest TEXT, stats TEXT, provenance TEXT, counters TEXT,"
+        " started_at REAL, finished_at REAL);"
+    )
+    r = _result(make_config, tmp_path)
+    old_spec = {
+        **r.spec.to_dict(),
+        "model": {k: v for k, v in r.spec.to_dict()["model"].items() if k != "weights_sha256"},
+    }
+    con.execute(
+        "INSERT INTO cells(cell_id, status, spec) VALUES ('old-id', 'ok', ?)",
+        (__import__("json").dumps(old_spec),),
+    )
+    con.commit()
+    con.close()
+    with ResultsStore(path) as st:  # opening for writing adds the columns and fills slot_id from each spec
+        assert st.slots()[r.spec.slot_id]["cell_id"] == "old-id"
+        assert st.write_cell(r) == ["old-id"]  # the same row recomputed: the old cell is replaced
+        assert [c["cell_id"] for c in st.cells()] == [r.cell_id] and st.cells()[0]["failed_stage"] is None
