@@ -39,6 +39,7 @@ from ptq3d.datasets.files import (
     write_rgb,
 )
 from ptq3d.datasets.frames import Frame, assemble_scene, check_same_size
+from ptq3d.datasets.geometry import check_rotation
 from ptq3d.datasets.preprocess import Preprocess
 from ptq3d.errors import DataError
 
@@ -54,6 +55,11 @@ SEEN_CATEGORIES = (
     "stopsign", "teddybear", "toaster", "toilet", "toybus", "toyplane", "toytrain", "toytruck", "tv",
     "umbrella", "vase", "wineglass",
 )  # fmt: skip
+
+UNSEEN_CATEGORIES = (
+    "ball", "book", "couch", "frisbee", "hotdog", "kite", "remote", "sandwich", "skateboard", "suitcase",
+)  # fmt: skip
+ALL_CATEGORIES = tuple(sorted(SEEN_CATEGORIES + UNSEEN_CATEGORIES))  # the 51 of Pi3's / FGQ's CO3D protocol
 
 
 # ---------------------------------------------------------------------------------------------- viewpoints
@@ -152,6 +158,13 @@ def _get(record: dict, path: str, source: Path) -> Any:
     return cur
 
 
+def _as_int(value: Any, what: str, source: Path) -> int:
+    """An integer field (JSON int; bools and fractional or text numbers are refused, never truncated)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DataError(f"{source}: {what} {value!r} is not an integer")
+    return value
+
+
 class Co3dCategory:
     """The annotations of one category folder, read once: frames per sequence (sorted by frame_number),
     sequence records, set lists."""
@@ -172,8 +185,13 @@ class Co3dCategory:
             )
         self.frames: dict[str, dict[int, dict]] = {}
         for rec in frames:
-            name = _get(rec, "sequence_name", fa_path)
-            self.frames.setdefault(name, {})[int(_get(rec, "frame_number", fa_path))] = rec
+            name = str(_get(rec, "sequence_name", fa_path))
+            number = _as_int(
+                _get(rec, "frame_number", fa_path), f"frame_number of sequence '{name}'", fa_path
+            )
+            if number in self.frames.get(name, {}):
+                raise DataError(f"{fa_path}: sequence '{name}' has two records for frame_number {number}")
+            self.frames.setdefault(name, {})[number] = rec
         self.sequences: dict[str, dict] = {_get(r, "sequence_name", sa_path): r for r in seqs}
         self._fa_path, self._sa_path = fa_path, sa_path
 
@@ -190,11 +208,18 @@ class Co3dCategory:
         path = self.dir / "set_lists" / f"set_lists_{subset}.json"
         if split not in data:
             raise DataError(f"{path}: no split '{split}' (has {', '.join(sorted(data))})")
+        if not isinstance(data[split], list):
+            raise DataError(
+                f"{path}: split '{split}' is not a list of [sequence, frame_number, path] entries"
+            )
+        if not data[split]:
+            raise DataError(f"{path}: split '{split}' is empty")
         out: dict[str, list[int]] = {}
         for entry in data[split]:
             if not isinstance(entry, list | tuple) or len(entry) < 2:
-                raise DataError(f"{path}: set-list entry {entry!r} is not [sequence, frame_number, path]")
-            out.setdefault(str(entry[0]), []).append(int(entry[1]))
+                raise DataError(f"{path}: set-list entry {entry!r:.80} is not [sequence, frame_number, path]")
+            number = _as_int(entry[1], f"split '{split}' frame_number of sequence '{entry[0]}'", path)
+            out.setdefault(str(entry[0]), []).append(number)
         return out
 
     def viewpoint_quality(self, sequence: str) -> float:
@@ -249,6 +274,14 @@ def read_co3d_frame(root: Path, record: dict, source: Path, load_depth: bool = T
     number = record.get("frame_number", "?")
     image_path = root / _get(record, "image.path", source)
     size_hw = _get(record, "image.size", source)
+    if not (
+        isinstance(size_hw, list)
+        and len(size_hw) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size_hw)
+    ):
+        raise DataError(
+            f"{source}: sequence '{seq}' frame {number}: image.size {size_hw!r:.60} is not [H, W]"
+        )
     vp = _get(record, "viewpoint", source)
     for key in ("R", "T", "focal_length"):
         _get(record, f"viewpoint.{key}", source)
@@ -268,6 +301,9 @@ def read_co3d_frame(root: Path, record: dict, source: Path, load_depth: bool = T
         raise DataError(
             f"{source}: viewpoint of sequence '{seq}' frame {number} is not a finite 3x3 R and 3-vector T"
         )
+    check_rotation(R_cv, f"{source}: viewpoint of sequence '{seq}' frame {number}")
+    if not (np.isfinite(K).all() and K[0, 0] > 0 and K[1, 1] > 0):
+        raise DataError(f"{source}: sequence '{seq}' frame {number}: focal length is not positive and finite")
     image = read_rgb(image_path)
     if tuple(image.shape[:2]) != tuple(int(s) for s in size_hw):
         raise DataError(
@@ -351,6 +387,7 @@ def load_co3d_posediffusion_sample(folder: str | Path, preprocess: Preprocess | 
         R_cv, t_cv, K = co3d_viewpoint_to_opencv(
             R[i], T[i], FL[i], np.zeros(2), image.shape[:2], "ndc_isotropic"
         )
+        check_rotation(R_cv, f"{npz_path}: gtR[{i}]")
         frames.append(
             Frame(name, image, np.zeros(image.shape[:2], np.float32), np.zeros(image.shape[:2], bool), K,
                   np.concatenate([R_cv, t_cv[:, None]], axis=1))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,22 @@ def require_file(path: str | Path, what: str = "file") -> Path:
 def _open_image(path: Path) -> Image.Image:
     require_file(path, "image")
     try:
-        im = Image.open(path)
-        im.load()  # decode now, so a truncated file fails here and not later
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: corrupt or unreadable image ({exc})") from None
+        with warnings.catch_warnings():
+            # PIL warns between MAX_IMAGE_PIXELS and twice that and raises above; both mean a header claiming a
+            # size no dataset image has (a decompression bomb), so both are refused
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+            im.load()  # decode now, so a truncated file fails here and not later
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{path}: image refused as a possible decompression bomb ({exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: corrupt or unreadable image ({_first_line(exc)})") from None
     return im
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
@@ -101,8 +113,10 @@ def read_jgz(path: str | Path) -> Any:
             return json.load(f)
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: not a readable gzip file ({exc})") from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: invalid JSON inside the gzip ({exc})") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply") from None
 
 
 def write_jgz(path: str | Path, obj: Any) -> None:
@@ -117,6 +131,8 @@ def read_json(path: str | Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: invalid JSON ({exc})") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply") from None
 
 
 def read_matrix_txt(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:

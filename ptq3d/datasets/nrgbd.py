@@ -28,7 +28,7 @@ from ptq3d.datasets.files import (
     write_rgb,
 )
 from ptq3d.datasets.frames import Frame, InvalidFrame, assemble_scene, check_same_size, read_frames
-from ptq3d.datasets.geometry import GL_TO_CV, has_single_centred_focal, invert_pose, to_4x4
+from ptq3d.datasets.geometry import GL_TO_CV, check_pose, has_single_centred_focal, invert_pose, to_4x4
 from ptq3d.datasets.preprocess import Preprocess
 from ptq3d.errors import ConfigError, DataError
 
@@ -38,6 +38,7 @@ SCENES = (
 )  # fmt: skip
 FOCAL = 554.2562584220408
 _IMG_RE = re.compile(r"^img(\d+)\.png$")
+_DEPTH_RE = re.compile(r"^depth(\d+)\.png$")
 
 
 def list_scenes(root: str | Path) -> list[str]:
@@ -47,14 +48,19 @@ def list_scenes(root: str | Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / "poses.txt").is_file() or (p / "images").is_dir())
 
 
-def list_frames(scene_dir: str | Path) -> list[int]:
+def list_frames(scene_dir: str | Path, num_poses: int = 0) -> list[int]:
+    """Frame indices with an image or a depth map, plus 0..num_poses-1 (poses.txt has one pose per frame): a
+    frame missing its image or depth is listed, and reading it names the missing file."""
     img_dir = Path(scene_dir) / "images"
     if not img_dir.is_dir():
         raise DataError(f"{img_dir}: NRGBD images folder not found")
-    ids = sorted(int(m.group(1)) for p in img_dir.iterdir() if (m := _IMG_RE.match(p.name)))
+    ids = {int(m.group(1)) for p in img_dir.iterdir() if (m := _IMG_RE.match(p.name))}
     if not ids:
         raise DataError(f"{img_dir}: empty scene (no img<i>.png files)")
-    return ids
+    depth_dir = Path(scene_dir) / "depth"
+    if depth_dir.is_dir():
+        ids |= {int(m.group(1)) for p in depth_dir.iterdir() if (m := _DEPTH_RE.match(p.name))}
+    return sorted(ids | set(range(num_poses)))
 
 
 def read_focal(scene_dir: Path) -> float:
@@ -94,6 +100,7 @@ def read_nrgbd_frame(
     c2w_gl = poses[i]
     if not np.isfinite(c2w_gl).all():
         raise InvalidFrame(f"{sdir / 'poses.txt'}: pose of frame {i} is nan", "nan_pose")
+    check_pose(c2w_gl, f"{sdir / 'poses.txt'}: frame {i}")
     c2w = c2w_gl.copy()
     c2w[:3, :3] = c2w[:3, :3] @ GL_TO_CV  # flip camera y and z columns
     image = read_rgb(sdir / "images" / f"img{i}.png")
@@ -125,7 +132,7 @@ def load_nrgbd_scene(
         raise DataError(f"{sdir}: NRGBD scene folder not found")
     focal = read_focal(sdir)
     poses = read_poses(sdir)
-    all_ids = list_frames(sdir)
+    all_ids = list_frames(sdir, len(poses))
     if len(poses) < max(all_ids) + 1:
         raise DataError(f"{sdir / 'poses.txt'}: {len(poses)} poses but images go up to img{max(all_ids)}.png")
     ids = all_ids if frame_ids is None else list(frame_ids)

@@ -6,6 +6,8 @@ Modes (`size` = 518 and `patch_size` = 14 for VGGT; smaller for tests):
   cropped to `size`.
 - "pad":  the longer side becomes `size`, the other is rounded to a multiple of `patch`; then the image is
   padded to `size` x `size`, centred, with white (1.0), as VGGT does. Padded depth is 0 (invalid).
+- "squash": both sides become `size` (a `size` x `size` image) without keeping the aspect ratio, as FGQ
+  calibrates (CO3D clips resized to 518x518); fx and fy scale independently.
 - "none": no change.
 
 Images use bicubic resampling on uint8 (PIL, as VGGT). Depth and masks use nearest sampling at pixel
@@ -24,7 +26,7 @@ from PIL import Image
 
 from ptq3d.errors import ConfigError
 
-MODES = ("crop", "pad", "none")
+MODES = ("crop", "pad", "squash", "none")
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ def resized_shape(height: int, width: int, cfg: Preprocess) -> tuple[int, int]:
     """(new_h, new_w) after the resize step, before crop/pad."""
     if cfg.mode == "none":
         return height, width
+    if cfg.mode == "squash":
+        return cfg.size, cfg.size
     if cfg.mode == "crop" or width >= height:
         return _round_to_patch(height * (cfg.size / width), cfg.patch_size), cfg.size
     return cfg.size, _round_to_patch(width * (cfg.size / height), cfg.patch_size)

@@ -15,7 +15,12 @@ Then `max_frames` truncates. Frames the dataset marks invalid (e.g. NRGBD nan po
 only if their kind is in `skippable`; the count lands in the scene's meta ('num_skipped').
 
 Dataset options (`options`, sorted (key, value) pairs):
-- co3d: subset ('fewview_dev'), min_viewpoint_quality (0.5), max_translation_sum (None).
+- co3d: subset ('fewview_dev'), min_viewpoint_quality (0.5), max_translation_sum (None);
+  sequence_sampling ('first': the first `max_scenes_per_group` sorted sequences of a category, or 'random':
+  that many drawn with Python's random.Random(seed).sample, as QuantVGGT's make_calibation.py);
+  draw_clips (N: N distinct sequences drawn as FGQ does, a random category then a random sequence in it, with
+  numpy RandomState(seed); replaces the per-category listing).
+- dtu, kitti: none. re10k: split_folder (default: the protocol's split).
 - 7scenes: focal (525), depth_source ('auto' | 'proj' | 'raw').
 - eth3d: calibration ('dslr_calibration_jpg').
 - synthetic (no root): num_scenes, first_heldout_index (0) -> seeds heldout_seed(first + i) when scenes is "all";
@@ -40,7 +45,7 @@ from ptq3d.datasets.base import SceneSample
 from ptq3d.datasets.preprocess import MODES, Preprocess
 from ptq3d.errors import ConfigError, DataError, unknown_name_error
 
-DATASETS = ("co3d", "7scenes", "nrgbd", "eth3d", "synthetic")
+DATASETS = ("co3d", "7scenes", "nrgbd", "eth3d", "dtu", "re10k", "kitti", "synthetic")
 SAMPLINGS = ("all", "stride", "random", "first")
 
 
@@ -115,6 +120,24 @@ class Protocol:
     @property
     def preprocess(self) -> Preprocess:
         return Preprocess(self.preprocessing, self.resolution, self.patch_size)
+
+    def restrict(self, scenes: list[str] | tuple[str, ...]) -> Protocol:
+        """The same protocol on a subset of its scenes (a partial copy of a dataset; a different hash). Each id must
+        be one of the protocol's scenes, or (CO3D) a sequence 'category/sequence' of one of its categories; for a
+        protocol over "all" scenes any id is accepted here and checked against the data root when loading."""
+        if isinstance(scenes, str) or not scenes:
+            raise ConfigError(f"protocol '{self.name}': scenes must be a non-empty list of scene ids")
+        scenes = tuple(str(x) for x in scenes)
+        if self.scenes != "all":
+            own = set(self.scenes)
+            unknown = [x for x in scenes if x not in own and not (self.dataset == "co3d" and x.partition("/")[0] in own
+                                                                and x.partition("/")[2])]  # fmt: skip
+            if unknown:
+                shown = ", ".join(sorted(self.scenes)[:6]) + (", ..." if len(self.scenes) > 6 else "")
+                raise ConfigError(
+                    f"protocol '{self.name}': unknown scenes {', '.join(map(repr, unknown))} (its scenes: {shown})"
+                )
+        return dataclasses.replace(self, scenes=scenes)
 
     def with_limit(self, max_scenes: int | None) -> Protocol:
         """The same protocol restricted to its first `max_scenes` scenes (a different hash: it is a different run)."""
@@ -204,6 +227,10 @@ def list_protocol_scenes(protocol: Protocol, root: str | Path | None = None) -> 
         from ptq3d.datasets import co3d
 
         cats = co3d.list_categories(root) if protocol.scenes == "all" else list(protocol.scenes)
+        if not cats:
+            raise DataError(f"{root}: no CO3D categories (folders with frame_annotations.jgz)")
+        if protocol.option("draw_clips"):
+            return _draw_co3d_clips(protocol, root, cats)
         for entry in cats:
             cat, _, only = entry.partition("/")
             index = co3d.Co3dCategory(root, cat)
@@ -220,7 +247,13 @@ def list_protocol_scenes(protocol: Protocol, root: str | Path | None = None) -> 
                     f"{root / cat}: sequence '{only}' is not in split '{protocol.split}' or fails the filters"
                 )
             if protocol.max_scenes_per_group:
-                names = sorted(names)[: protocol.max_scenes_per_group]
+                k = protocol.max_scenes_per_group
+                if protocol.option("sequence_sampling", "first") == "random":
+                    import random
+
+                    names = random.Random(f"{protocol.seed}/{cat}").sample(sorted(names), min(k, len(names)))
+                else:
+                    names = sorted(names)[:k]
             out += [(f"{cat}/{s}", sorted(seqs[s])) for s in names]
         return out
     if ds == "7scenes":
@@ -233,6 +266,25 @@ def list_protocol_scenes(protocol: Protocol, root: str | Path | None = None) -> 
         )
         for sid in ids:
             out.append((sid, sevenscenes.list_frames(root / sid)))
+    elif ds == "dtu":
+        from ptq3d.datasets import dtu
+
+        ids = dtu.list_scans(root) if protocol.scenes == "all" else list(protocol.scenes)
+        for sid in ids:
+            out.append((sid, dtu.list_frames(root / sid)))
+    elif ds == "kitti":
+        from ptq3d.datasets import kitti
+
+        ids = kitti.list_drives(root) if protocol.scenes == "all" else list(protocol.scenes)
+        for sid in ids:
+            out.append((sid, kitti.list_frames(root, sid)))
+    elif ds == "re10k":
+        from ptq3d.datasets import re10k
+
+        split = protocol.option("split_folder", protocol.split)
+        ids = re10k.list_sequences(root, split) if protocol.scenes == "all" else list(protocol.scenes)
+        for sid in ids:
+            out.append((sid, re10k.list_frames(root, split, sid)))
     elif ds == "nrgbd":
         from ptq3d.datasets import nrgbd
 
@@ -240,7 +292,7 @@ def list_protocol_scenes(protocol: Protocol, root: str | Path | None = None) -> 
         for sid in ids:
             if not (root / sid).is_dir():
                 raise DataError(f"{root / sid}: NRGBD scene folder not found")
-            out.append((sid, nrgbd.list_frames(root / sid)))
+            out.append((sid, nrgbd.list_frames(root / sid, len(nrgbd.read_poses(root / sid)))))
     else:  # eth3d
         from ptq3d.datasets import eth3d
         from ptq3d.datasets.colmap import read_images_txt
@@ -251,6 +303,73 @@ def list_protocol_scenes(protocol: Protocol, root: str | Path | None = None) -> 
             names = sorted(im.name for im in read_images_txt(root / sid / cal / "images.txt").values())
             out.append((sid, names))
     return [(s, f) for s, f in out if len(f) >= protocol.min_scene_frames]
+
+
+def _draw_co3d_clips(protocol: Protocol, root: Path, cats: list[str]) -> list[tuple[str, list]]:
+    """FGQ's calibration draw: `draw_clips` times a random category, then a random sequence of it not drawn
+    before (numpy RandomState(seed)); no quality filter unless the protocol sets one."""
+    from ptq3d.datasets import co3d
+
+    n = int(protocol.option("draw_clips"))
+    rng = np.random.RandomState(protocol.seed)
+    pools = {}
+    for cat in cats:
+        seqs = co3d.Co3dCategory(root, cat).select_sequences(
+            subset=protocol.option("subset", "fewview_dev"), split=protocol.split,
+            min_viewpoint_quality=protocol.option("min_viewpoint_quality"), min_frames=protocol.min_scene_frames,
+        )  # fmt: skip
+        pools[cat] = {s: sorted(f) for s, f in sorted(seqs.items())}
+    available = sum(len(v) for v in pools.values())
+    if available < n:
+        raise DataError(
+            f"{root}: protocol '{protocol.name}' draws {n} clips but only {available} sequences qualify"
+        )
+    out = []
+    while len(out) < n:
+        cat = cats[rng.randint(len(cats))]
+        if not pools[cat]:
+            continue
+        names = sorted(pools[cat])
+        seq = names[rng.randint(len(names))]
+        out.append((f"{cat}/{seq}", pools[cat].pop(seq)))
+    return out
+
+
+def check_roots(protocol: Protocol, root: str | Path | None = None) -> list[str]:
+    """One line per problem with the data root a protocol reads: missing, not a folder, unreadable, or (for a
+    protocol with listed scenes) a scene folder absent. [] when fine; synthetic protocols need no root."""
+    if protocol.dataset == "synthetic":
+        return []
+    if root is None or str(root) == "":
+        return [f"protocol '{protocol.name}' ({protocol.dataset}): no data root given"]
+    import os
+
+    root = Path(root)
+    if not root.exists():
+        return [f"{root}: {protocol.dataset} root for protocol '{protocol.name}' does not exist"]
+    if not root.is_dir():
+        return [f"{root}: {protocol.dataset} root for protocol '{protocol.name}' is not a folder"]
+    if not os.access(root, os.R_OK | os.X_OK):
+        return [f"{root}: {protocol.dataset} root for protocol '{protocol.name}' is not readable"]
+    problems = []
+    if protocol.scenes != "all":
+        for scene in protocol.scenes:
+            if protocol.dataset == "re10k":
+                from ptq3d.datasets import re10k
+
+                path = re10k.metadata_path(root, protocol.option("split_folder", protocol.split), scene)
+                if not path.is_file():
+                    problems.append(f"{path}: camera file of scene '{scene}' not found")
+                continue
+            if protocol.dataset == "kitti":
+                from ptq3d.datasets.kitti import DEPTH_DIR
+
+                folder = root / DEPTH_DIR / scene
+            else:
+                folder = root / (scene.partition("/")[0] if protocol.dataset == "co3d" else scene)
+            if not folder.is_dir():
+                problems.append(f"{folder}: scene '{scene}' of protocol '{protocol.name}' not found")
+    return problems
 
 
 def _config(cls, pairs):
@@ -316,6 +435,19 @@ def _load_one(protocol: Protocol, root, scene: str, frame_ids: list) -> SceneSam
         from ptq3d.datasets import nrgbd
 
         return nrgbd.load_nrgbd_scene(root, scene, frame_ids, pre, skippable=protocol.skippable)
+    if ds == "dtu":
+        from ptq3d.datasets import dtu
+
+        return dtu.load_dtu_scan(root, scene, frame_ids, pre)
+    if ds == "kitti":
+        from ptq3d.datasets import kitti
+
+        return kitti.load_kitti_drive(root, scene, frame_ids, pre, skippable=protocol.skippable)
+    if ds == "re10k":
+        from ptq3d.datasets import re10k
+
+        split = protocol.option("split_folder", protocol.split)
+        return re10k.load_re10k_sequence(root, split, scene, frame_ids, pre, skippable=protocol.skippable)
     from ptq3d.datasets import eth3d
 
     return eth3d.load_eth3d_scene(
@@ -381,7 +513,8 @@ _BUNDLED_MODEL_SCENES = (
 
 
 def _published() -> list[Protocol]:
-    from ptq3d.datasets.co3d import SEEN_CATEGORIES
+    from ptq3d.datasets.co3d import ALL_CATEGORIES, SEEN_CATEGORIES
+    from ptq3d.datasets.dtu import TAPTQ_CALIB_SCANS, TEST_SCANS
     from ptq3d.datasets.eth3d import SCENES as ETH3D_SCENES
     from ptq3d.datasets.nrgbd import SCENES as NRGBD_SCENES
     from ptq3d.datasets.sevenscenes import TEST_SEQUENCES
@@ -467,6 +600,151 @@ def _published() -> list[Protocol]:
             description="ETH3D high-res 13 training scenes, every 5th image sorted by name, width 518 "
             "(518x350), distorted cameras resampled to their pinhole K",
             source="yyfz/Pi3 evaluation datasets/eth3d.py, prepare_eth3d.py; FGQ, TAPTQ (kf 5)",
+        ),  # fmt: skip
+        Protocol(
+            name="vggt-co3d-20",
+            **{**co3d_common, "frames_per_scene": 20},
+            description="as vggt-co3d with 20 random frames per sequence (190 pairs) instead of 10",
+            source="facebookresearch/vggt evaluation/test_co3d.py (num_frames 20); issue 18.2",
+        ),  # fmt: skip
+        Protocol(
+            name="fgq-co3d",
+            version=1,
+            dataset="co3d",
+            scenes=ALL_CATEGORIES,
+            split="test",
+            sampling="random",
+            frames_per_scene=10,
+            seed=42,
+            seed_scope="protocol",
+            resolution=504,
+            preprocessing="crop",
+            options=(("subset", "fewview_dev"), ("min_viewpoint_quality", 0.5)),
+            description="CO3D v2 pose, all 51 categories, 10 random frames per sequence (numpy seed 42), 512 crop as "
+            "the Pi3/recons_eval loader (width 512 -> 504, the multiple of 14 the model takes). The reference "
+            "draws from a precomputed seq-id map (2,506 sequences) that is not released: the sequences and frames "
+            "drawn here differ from it",
+            source="ypzhng/FGQ relpose/eval_angle.py via ZhouTimeMachine/recons_eval; yyfz/Pi3 evaluation configs",
+        ),  # fmt: skip
+        Protocol(
+            name="quantvggt-calib-co3d",
+            version=1,
+            dataset="co3d",
+            scenes=SEEN_CATEGORIES,
+            split="train",
+            sampling="random",
+            frames_per_scene=10,
+            seed=0,
+            seed_scope="protocol",
+            min_scene_frames=50,
+            max_scenes_per_group=10,
+            resolution=518,
+            preprocessing="pad",
+            options=(
+                ("subset", "fewview_dev"),
+                ("min_viewpoint_quality", 0.5),
+                ("sequence_sampling", "random"),
+            ),
+            description="QuantVGGT calibration pool, paper preset: 10 random CO3D *train* sequences of each of the 41 "
+            "categories (>= 50 frames), 10 random frames each, pad @518 (the builder then picks 20, paper 40)",
+            source="wlfeng0509/QuantVGGT paper (calibration from the CO3D training set); evaluation/make_calibation.py",
+        ),  # fmt: skip
+        Protocol(
+            name="quantvggt-calib-co3d-code",
+            version=1,
+            dataset="co3d",
+            scenes=SEEN_CATEGORIES,
+            split="test",
+            sampling="random",
+            frames_per_scene=10,
+            seed=0,
+            seed_scope="protocol",
+            min_scene_frames=50,
+            max_scenes_per_group=10,
+            resolution=518,
+            preprocessing="pad",
+            options=(
+                ("subset", "fewview_dev"),
+                ("min_viewpoint_quality", 0.5),
+                ("sequence_sampling", "random"),
+            ),
+            description="QuantVGGT calibration pool, code preset: as quantvggt-calib-co3d but drawn from the *test* "
+            "sequences, as the released make_calibation.py does (it can overlap the evaluation sequences)",
+            source="wlfeng0509/QuantVGGT evaluation/make_calibation.py (reads {category}_test.jgz)",
+        ),  # fmt: skip
+        Protocol(
+            name="fgq-calib-co3d",
+            version=1,
+            dataset="co3d",
+            scenes=ALL_CATEGORIES,
+            split="train",
+            sampling="random",
+            frames_per_scene=4,
+            seed=42,
+            seed_scope="protocol",
+            resolution=518,
+            preprocessing="squash",
+            options=(("subset", "fewview_dev"), ("min_viewpoint_quality", None), ("draw_clips", 64)),
+            description="FGQ calibration: 64 clips drawn as a random category then a random train sequence, 4 random "
+            "frames each, resized to 518x518 without keeping the aspect ratio (squash), seed 42, no filtering",
+            source="ypzhng/FGQ scripts/calibrate_flatquant_vggt.py, compute_fisher.py (notes/methods.md section 3.2)",
+        ),  # fmt: skip
+        Protocol(
+            name="pi3-dtu",
+            version=1,
+            dataset="dtu",
+            scenes=TEST_SCANS,
+            sampling="stride",
+            stride=5,
+            resolution=518,
+            preprocessing="crop",
+            description="DTU 22 evaluation scans, every 5th of the 49 views (10 frames), width 518; Spann3R's layout, "
+            "depth in millimetres",
+            source="yyfz/Pi3 evaluation configs (DTU kf 5); HengyiWang/spann3r datasets/dtu.py; FGQ, TAPTQ (kf 5)",
+        ),  # fmt: skip
+        Protocol(
+            name="taptq-calib-dtu",
+            version=1,
+            dataset="dtu",
+            scenes=TAPTQ_CALIB_SCANS,
+            sampling="stride",
+            stride=5,
+            resolution=518,
+            preprocessing="crop",
+            description="TAPTQ's final calibration set DTU_train_8: training scans 5, 6, 7, 8, 18, 22, 56, 123, every "
+            "5th view (10 frames), 518 px; GT point maps available for its point-map loss",
+            source="bolli03/TAPTQ tmm_calibration_manifest.json (notes/methods.md section 4.2 (e))",
+        ),  # fmt: skip
+        Protocol(
+            name="fgq-re10k",
+            version=1,
+            dataset="re10k",
+            split="test",
+            sampling="random",
+            frames_per_scene=10,
+            seed=42,
+            seed_scope="protocol",
+            resolution=504,
+            preprocessing="crop",
+            skippable=("missing_image",),
+            description="RealEstate10K pose, test split (FGQ: 1719 sequences), 10 random frames (numpy seed 42), 512 "
+            "crop (504 for patch 14); frames whose image is missing are skipped and counted, as the reference "
+            "skips them",
+            source="ypzhng/FGQ relpose/eval_dist.py via recons_eval; facebookresearch/PoseDiffusion datasets/re10k.py",
+        ),  # fmt: skip
+        Protocol(
+            name="pi3-kitti-depth",
+            version=1,
+            dataset="kitti",
+            sampling="all",
+            resolution=518,
+            preprocessing="crop",
+            description="KITTI depth val drives as MonST3R gathers them (first 110 GT frames of each drive), all "
+            "frames, width 518 crop; depth only (no cameras in this layout). Video depth aligns once per drive, mono "
+            "depth per frame: a metric setting, not a data one. The reference's input resize for KITTI is not "
+            "checked here",
+            source="Junyi42/monst3r datasets_preprocess/prepare_kitti.py; yyfz/Pi3 videodepth, monodepth evals; "
+            "FGQ Table 4 [3P]",
         ),  # fmt: skip
         Protocol(
             name="synthetic-smoke",

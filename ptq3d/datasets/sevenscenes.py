@@ -32,7 +32,7 @@ from ptq3d.datasets.files import (
     write_rgb,
 )
 from ptq3d.datasets.frames import Frame, InvalidFrame, assemble_scene, check_same_size, read_frames
-from ptq3d.datasets.geometry import has_single_centred_focal, invert_pose, to_4x4
+from ptq3d.datasets.geometry import check_pose, has_single_centred_focal, invert_pose, to_4x4
 from ptq3d.datasets.preprocess import Preprocess
 from ptq3d.errors import ConfigError, DataError
 
@@ -49,7 +49,7 @@ TEST_SEQUENCES = {
 }
 FOCAL = 525.0
 DEPTH_SOURCES = ("auto", "proj", "raw")
-_FRAME_RE = re.compile(r"^frame-(\d+)\.pose\.txt$")
+_FRAME_RE = re.compile(r"^frame-(\d+)\.(?:pose\.txt|color\.png|color\.jpg|depth\.png|depth\.proj\.png)$")
 
 
 def read_split(path: str | Path) -> list[str]:
@@ -64,6 +64,8 @@ def read_split(path: str | Path) -> list[str]:
         if not m:
             raise DataError(f"{path}:{lineno}: expected 'sequenceN', got {line[:40]!r}")
         out.append(f"seq-{int(m.group(1)):02d}")
+    if not out:
+        raise DataError(f"{path}: empty split file (expected lines 'sequenceN')")
     return out
 
 
@@ -89,23 +91,26 @@ def list_sequences(root: str | Path, split: str = "test", scenes: list[str] | No
 
 
 def list_frames(seq_dir: str | Path) -> list[str]:
-    """Sorted frame ids ('000000', ...) of a sequence folder, by its pose files."""
+    """Sorted frame ids ('000000', ...) of a sequence folder: every id that has any frame file (colour, depth or
+    pose), so a frame missing one of its files is listed and its reader names the missing file instead of the
+    frame silently dropping out."""
     seq_dir = Path(seq_dir)
     if not seq_dir.is_dir():
         raise DataError(f"{seq_dir}: 7-Scenes sequence folder not found")
-    ids = sorted(m.group(1) for p in seq_dir.iterdir() if (m := _FRAME_RE.match(p.name)))
+    ids = sorted({m.group(1) for p in seq_dir.iterdir() if (m := _FRAME_RE.match(p.name))})
     if not ids:
-        raise DataError(f"{seq_dir}: empty sequence (no frame-XXXXXX.pose.txt files)")
+        raise DataError(f"{seq_dir}: empty sequence (no frame-XXXXXX.color/depth/pose files)")
     return ids
 
 
 def read_pose(path: Path) -> np.ndarray:
     """camera-to-world 4x4 -> camera-from-world [3, 4]; nan/inf raises InvalidFrame('nan_pose')."""
-    c2w = read_matrix_txt(path, (4, 4))
+    c2w = read_matrix_txt(require_file(path, "pose file"), (4, 4))
     if not np.isfinite(c2w).all():
         raise InvalidFrame(f"{path}: pose contains nan/inf", "nan_pose")
-    if abs(np.linalg.det(c2w[:3, :3])) < 1e-6:
-        raise DataError(f"{path}: pose rotation is singular")
+    check_pose(c2w, str(path))  # nearly orthonormal as distributed; a scaled or sheared one is refused
+    if not np.allclose(c2w[3], [0, 0, 0, 1], atol=1e-6):
+        raise DataError(f"{path}: last row is {c2w[3].tolist()}, expected [0, 0, 0, 1]")
     return invert_pose(c2w)
 
 
@@ -135,6 +140,8 @@ def read_7scenes_frame(
     if depth_source not in DEPTH_SOURCES:
         raise ConfigError(f"7-Scenes depth_source '{depth_source}' is not one of {', '.join(DEPTH_SOURCES)}")
     use = "proj" if depth_source == "proj" or (depth_source == "auto" and proj.is_file()) else "raw"
+    if use == "raw" and not raw.is_file() and depth_source == "auto":
+        raise DataError(f"{raw}: missing depth map (neither {proj.name} nor {raw.name} exists)")
     depth = read_depth_mm(proj if use == "proj" else raw, min_depth, max_depth)
     H, W = image.shape[:2]
     K = np.array([[focal, 0, W / 2], [0, focal, H / 2], [0, 0, 1.0]])
@@ -217,5 +224,6 @@ def write_7scenes_scene(
             Path(f"{stem}.pose.txt").write_bytes(_pose_text(c2w).encode())
     train = [n for n in sequences if n not in test]
     (sdir / "TestSplit.txt").write_bytes("".join(f"sequence{n}\r\n" for n in test).encode())
-    (sdir / "TrainSplit.txt").write_bytes("".join(f"sequence{n}\r\n" for n in train).encode())
+    if train:  # an empty split file is malformed; a scene without training sequences has none
+        (sdir / "TrainSplit.txt").write_bytes("".join(f"sequence{n}\r\n" for n in train).encode())
     return float(focal)

@@ -442,14 +442,16 @@ def generate_scene(
 
 
 # ---------------------------------------------------------------------------------------------- on-disk
-FORMATS = ("co3d", "7scenes", "nrgbd", "eth3d")
+FORMATS = ("co3d", "7scenes", "nrgbd", "eth3d", "dtu", "re10k", "kitti")
 
 
 def write_synthetic_dataset(fmt: str, root: str | Path, seeds: list[int], **gen_kwargs) -> list[str]:
     """Generate scenes `seeds` and write them under `root` in a real dataset's on-disk layout. Returns the scene
     ids the matching loader takes. For 7-Scenes and NRGBD the generator's focal length is written
-    (NRGBD: focal.txt) or must be passed to the loader (7-Scenes: `focal=`); see each writer."""
-    from ptq3d.datasets import co3d, eth3d, nrgbd, sevenscenes
+    (NRGBD: focal.txt) or must be passed to the loader (7-Scenes: `focal=`); see each writer. DTU is written in
+    millimetres (its loader returns millimetres); RealEstate10K goes to the 'test' split and has no depth; KITTI
+    has depth and no cameras."""
+    from ptq3d.datasets import co3d, dtu, eth3d, kitti, nrgbd, re10k, sevenscenes
 
     if fmt not in FORMATS:
         from ptq3d.errors import unknown_name_error
@@ -468,6 +470,18 @@ def write_synthetic_dataset(fmt: str, root: str | Path, seeds: list[int], **gen_
     if fmt == "nrgbd":
         for s, sc in scenes.items():
             nrgbd.write_nrgbd_scene(root / f"seed_{s}", sc)
+        return [f"seed_{s}" for s in seeds]
+    if fmt == "dtu":
+        for s, sc in scenes.items():
+            dtu.write_dtu_scan(root / f"scan{s}", sc)
+        return [f"scan{s}" for s in seeds]
+    if fmt == "kitti":
+        for s, sc in scenes.items():
+            kitti.write_kitti_drive(root, f"seed_{s}_02", sc)
+        return [f"seed_{s}_02" for s in seeds]
+    if fmt == "re10k":
+        for s, sc in scenes.items():
+            re10k.write_re10k_sequence(root, "test", f"seed_{s}", sc)
         return [f"seed_{s}" for s in seeds]
     for s, sc in scenes.items():
         eth3d.write_eth3d_scene(root / f"seed_{s}", sc)

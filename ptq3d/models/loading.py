@@ -4,6 +4,9 @@ Formats (by file name): `.safetensors`, `.safetensors.xz` (lzma-compressed safet
 format), `.pt` / `.pth` / `.bin` (torch.load with weights_only=True: plain tensors only, never pickled code).
 A checkpoint must match the model key for key and shape for shape; keys under a model's declared ignored
 prefixes (VGGT: `track_head.`, a head we do not implement) are reported in the LoadReport and logged.
+A checkpoint holding NaN or Inf in any floating tensor it loads is refused with the tensor names: such a model
+gives NaN outputs that metrics could turn into quiet numbers. `allow_nonfinite=True` lets an expert load one
+anyway; the report then lists the tensors in `nonfinite`.
 """
 
 from __future__ import annotations
@@ -29,13 +32,15 @@ MAX_LISTED = 8  # keys shown per category in an error message
 class LoadReport:
     """What a checkpoint load did. loaded: number of tensors copied; ignored: checkpoint keys skipped on purpose
     (e.g. VGGT's track head); cast: keys whose dtype was converted to the model's (e.g. bf16 -> fp32);
-    filled: constant buffers the checkpoint lacked, completed with their fixed values (e.g. Pi3 image_mean)."""
+    filled: constant buffers the checkpoint lacked, completed with their fixed values (e.g. Pi3 image_mean);
+    nonfinite: tensors holding NaN/Inf, loaded only because allow_nonfinite=True was given."""
 
     path: str
     loaded: int
     ignored: list[str] = field(default_factory=list)
     cast: list[str] = field(default_factory=list)
     filled: list[str] = field(default_factory=list)
+    nonfinite: list[str] = field(default_factory=list)
 
 
 def _short_list(keys: list[str]) -> str:
@@ -95,6 +100,32 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return _unwrap(obj, path)
 
 
+def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating tensors in `state` holding NaN or Inf, each with its count ('name (3 nan, 1 inf)')."""
+    out = []
+    for k, v in state.items():
+        if not (v.is_floating_point() or v.is_complex()) or v.device.type == "meta":
+            continue
+        finite = torch.isfinite(v)
+        if bool(finite.all()):
+            continue
+        n_nan = int(torch.isnan(v).sum())
+        n_inf = int((~finite).sum()) - n_nan
+        out.append(f"{k} ({n_nan} nan, {n_inf} inf)")
+    return out
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str, allow_nonfinite: bool = False) -> list[str]:
+    """Raise CheckpointError naming the tensors of `state` that hold NaN/Inf unless allow_nonfinite; returns them."""
+    bad = nonfinite_tensors(state)
+    if bad and not allow_nonfinite:
+        raise CheckpointError(
+            f"{source}: {len(bad)} tensors hold NaN/Inf: {_short_list(bad)} (refused; pass allow_nonfinite=True "
+            f"or --allow-nonfinite to load it anyway)"
+        )
+    return bad
+
+
 def check_state_dict(
     module: nn.Module, state: dict[str, torch.Tensor], source: str, ignored_prefixes: tuple[str, ...] = ()
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -125,11 +156,20 @@ def check_state_dict(
 
 
 def apply_state_dict(
-    module: nn.Module, state: dict[str, torch.Tensor], source: str, ignored_prefixes: tuple[str, ...] = ()
+    module: nn.Module,
+    state: dict[str, torch.Tensor],
+    source: str,
+    ignored_prefixes: tuple[str, ...] = (),
+    allow_nonfinite: bool = False,
 ) -> LoadReport:
     """Strictly load `state` into `module` (see check_state_dict); floating tensors are cast to the model's
-    dtypes. Keys under ignored_prefixes are reported in the LoadReport and logged."""
+    dtypes. Keys under ignored_prefixes are reported in the LoadReport and logged. Tensors with NaN/Inf are
+    refused (CheckpointError with their names) unless allow_nonfinite."""
     matched, ignored = check_state_dict(module, state, source, ignored_prefixes)
+    nonfinite = check_finite(matched, source, allow_nonfinite)
+    if nonfinite:
+        log.warning("%s: loading %d tensors with NaN/Inf (allow_nonfinite): %s", source, len(nonfinite),
+                    _short_list(nonfinite))  # fmt: skip
     expected = module.state_dict()
     cast = []
     for k, v in matched.items():
@@ -149,11 +189,11 @@ def apply_state_dict(
             len(ignored),
             _short_list(ignored),
         )
-    return LoadReport(path=source, loaded=len(matched), ignored=ignored, cast=cast)
+    return LoadReport(path=source, loaded=len(matched), ignored=ignored, cast=cast, nonfinite=nonfinite)
 
 
 def load_checkpoint(
-    module: nn.Module, path: str | Path, ignored_prefixes: tuple[str, ...] = ()
+    module: nn.Module, path: str | Path, ignored_prefixes: tuple[str, ...] = (), allow_nonfinite: bool = False
 ) -> LoadReport:
     """Read `path` and load it strictly into `module` (see apply_state_dict)."""
-    return apply_state_dict(module, read_state_dict(path), str(path), ignored_prefixes)
+    return apply_state_dict(module, read_state_dict(path), str(path), ignored_prefixes, allow_nonfinite)

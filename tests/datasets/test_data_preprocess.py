@@ -20,12 +20,14 @@ from ptq3d.errors import ConfigError
         ((1896, 1066), "crop", (518, 518)),  # portrait CO3D: 924 high, centre-cropped to 518
         ((1896, 1066), "pad", (518, 518)),
         ((480, 640), "none", (480, 640)),
+        ((480, 640), "squash", (518, 518)),  # FGQ's calibration resize, aspect ratio not kept
+        ((1896, 1066), "squash", (518, 518)),
     ],
 )
 def test_output_shapes(hw, mode, expected):
     cfg = Preprocess(mode, 518)
     h, w = resized_shape(*hw, cfg)
-    final = (min(h, 518), w) if mode == "crop" else ((518, 518) if mode == "pad" else (h, w))
+    final = (min(h, 518), w) if mode == "crop" else ((518, 518) if mode in ("pad", "squash") else (h, w))
     assert final == expected
     if hw == (480, 640):
         img = np.zeros((*hw, 3), np.uint8)
@@ -41,7 +43,7 @@ def test_bad_config():
     with pytest.raises(ConfigError, match="multiple of 14"):
         Preprocess("crop", 100)
     with pytest.raises(ConfigError, match="not one of"):
-        Preprocess("squash", 518)
+        Preprocess("stretch", 518)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +54,9 @@ def rendered():
     return geo, K, E, render(geo, K, E, 90, 120)
 
 
-@pytest.mark.parametrize("mode,size", [("crop", 56), ("crop", 112), ("pad", 84), ("crop", 70)])
+@pytest.mark.parametrize(
+    "mode,size", [("crop", 56), ("crop", 112), ("pad", 84), ("crop", 70), ("squash", 84)]
+)
 def test_depth_matches_rendering_with_new_intrinsics(rendered, mode, size):
     """Render the same geometry with the preprocessed K: its depth must equal the preprocessed depth (up to the
     nearest-neighbour offset of at most half a source pixel)."""

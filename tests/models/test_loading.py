@@ -182,3 +182,81 @@ def test_load_from_config_random_init(vggt_tiny_meta, vggt_tiny_config):
     model = load_model(vggt_tiny_config)
     assert model.load_report is None and not model.module.training
     assert sum(p.numel() for p in model.module.parameters()) == vggt_tiny_meta["files"]["state"]["num_params"]
+
+
+# ---- non-finite checkpoints (issue 20.4): refused at load with the tensor names; an explicit flag loads them
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_nonfinite_checkpoint_is_refused_with_names(tmp_path, tiny_state, vggt_tiny_config, bad):
+    state = {k: v.clone() for k, v in tiny_state.items()}
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 3)
+    state[name].view(-1)[2] = bad
+    path = tmp_path / "w.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(CheckpointError) as exc:
+        load_model(vggt_tiny_config, weights=path)
+    msg = str(exc.value)
+    assert "\n" not in msg and str(path) in msg and name in msg and "NaN/Inf" in msg
+    assert ("1 nan" if bad != bad else "1 inf") in msg
+
+
+def test_allow_nonfinite_loads_and_reports(tmp_path, tiny_state, vggt_tiny_config):
+    state = {k: v.clone() for k, v in tiny_state.items()}
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 3)
+    state[name].view(-1)[0] = float("nan")
+    path = tmp_path / "w.pt"
+    torch.save(state, path)
+    model = load_model(vggt_tiny_config, weights=path, allow_nonfinite=True)
+    assert model.load_report.nonfinite == [f"{name} (1 nan, 0 inf)"]
+    assert torch.isnan(model.module.state_dict()[name]).sum() == 1
+
+
+def test_finite_checkpoint_reports_no_nonfinite(tmp_path, tiny_state, vggt_tiny_config):
+    path = tmp_path / "w.safetensors"
+    save_file(tiny_state, str(path))
+    assert load_model(vggt_tiny_config, weights=path).load_report.nonfinite == []
+
+
+def test_apply_state_dict_refuses_nonfinite(tiny_state, vggt_tiny_config):
+    from ptq3d.models.loading import apply_state_dict
+
+    model = load_model(vggt_tiny_config)
+    state = {k: v.clone() for k, v in tiny_state.items()}
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name].view(-1)[0] = float("inf")
+    before = model.module.state_dict()[name].clone()
+    with pytest.raises(CheckpointError, match="1 inf"):
+        apply_state_dict(model.module, state, "mem")
+    assert torch.equal(model.module.state_dict()[name], before)  # nothing half-loaded
+
+
+def _nan_checkpoint(tmp_path):
+    state = {k: v.clone() for k, v in load_model("vggt-tiny-synthetic").module.state_dict().items()}
+    name = next(k for k in state if k.startswith("aggregator.frame_blocks.0.") and k.endswith("fc1.weight"))
+    state[name][0, 0] = float("nan")
+    weights = tmp_path / "nan.safetensors"
+    save_file(state, str(weights))
+    args = ["quantize", "--model", "vggt-tiny-synthetic", "--weights", str(weights), "--method", "rtn",
+            "--scheme", "w8a8", "--calib", "none", "--no-progress"]  # fmt: skip
+    return name, args
+
+
+def test_quantize_cli_refuses_nonfinite_weights(tmp_path, capsys):
+    from ptq3d.harness.cli import main
+
+    name, args = _nan_checkpoint(tmp_path)
+    assert main([*args, "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and name in err and "Traceback" not in err
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.slow
+def test_quantize_cli_never_writes_nonfinite_model(tmp_path, capsys):
+    from ptq3d.harness.cli import main
+
+    name, args = _nan_checkpoint(tmp_path)
+    # the expert flag loads the weights, but a quantized model holding NaN is still never written
+    assert main([*args, "--allow-nonfinite", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "not written" in err[-1] and name.rsplit(".", 1)[0] in err[-1] and "Traceback" not in "".join(err)
+    assert not (tmp_path / "b").exists()

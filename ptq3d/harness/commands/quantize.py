@@ -51,6 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="method config value (repeatable), e.g. --set actorder=true --set percdamp=0.05",
     )
+    p.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="load a checkpoint holding NaN/Inf tensors (refused by default); a quantized model with NaN/Inf "
+        "tensors is never written",
+    )
     p.add_argument("--no-progress", action="store_true", help="no per-block progress bar")
     p.set_defaults(func=handle)
 
@@ -76,7 +82,16 @@ def handle(args: argparse.Namespace) -> int:
     config = _parse_settings(args.settings)
     spec = get_method(args.method)
     spec.make_config(config)  # fail on bad keys before loading anything
-    model = load_model(args.model, weights=args.weights)
+    model = load_model(args.model, weights=args.weights, allow_nonfinite=args.allow_nonfinite)
+    patch = getattr(getattr(model.module, "config", None), "patch_size", None)
+    h, w = args.image_size
+    if h <= 0 or w <= 0 or (patch and (h % patch or w % patch)):
+        raise ConfigError(
+            f"--image-size {h} {w}: height and width must be positive multiples of {args.model}'s patch size "
+            f"{patch} (e.g. {max(1, round(h / patch)) * patch} {max(1, round(w / patch)) * patch})"
+            if patch
+            else f"--image-size {h} {w}: height and width must be positive"
+        )
     calib = None
     if args.calib != "none":
         if args.calib_size <= 0:
@@ -98,6 +113,15 @@ def handle(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         inplace=True,
     )
+    from ptq3d.errors import CheckpointError
+    from ptq3d.models.loading import nonfinite_tensors
+
+    bad = nonfinite_tensors(qm.module.state_dict())
+    if bad:  # a model of NaN/Inf gives NaN outputs downstream: never write one
+        shown = ", ".join(bad[:5]) + (f", ... and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise CheckpointError(
+            f"{args.method} ({args.scheme}): quantized model holds NaN/Inf in {shown}; not written"
+        )
     out = save_quantized(qm, args.out)
     st = qm.stats
     n = len(qm.manifest["sites"])
