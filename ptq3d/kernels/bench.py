@@ -4,8 +4,13 @@ Shapes: M = 1374 * S tokens (518 x 518 frames: 37 * 37 patches + 5 special token
 aggregator linears' (K, N): qkv 1024 -> 3072, fc1 1024 -> 4096, fc2 4096 -> 1024.
 
 Every case of one shape runs in the same process on the same data, so the ratios between cases
-(`speedup_vs_fp32`, `speedup_vs_bf16`) are the numbers to compare (notes/performance.md: baseline
-against BF16; FP32 only for reference). Cases:
+(`speedup_vs_fp32`, `speedup_vs_bf16`, from median latencies) are the numbers to compare
+(notes/performance.md: baseline against BF16; FP32 only for reference). Each record carries its timing
+statistics (ptq3d.kernels.timing.TimingStats: median, min, max, repeats, load average, allocator) and the
+backend that ran it ("torch-cpu", "emulated-cpu", "triton"). Run the benchmark in a process that called
+`timing.retain_freed_memory()` (`ptq3d bench` does): with glibc's defaults the > 32 MiB outputs of the
+larger shapes are mmap'ed and page-faulted on every call, which measured the same emulated W8A8 call at
+27 or 37-43 ms (issue 16). Cases:
 - torch_fp32 / torch_bf16 / torch_fp16: x @ W^T (fp16 is skipped on CPU, where torch has no fast kernel);
 - torch_int8: torch._int_mm on pre-quantized int8 operands; torch_fp8: torch._scaled_mm (e4m3, unit scales);
 - emulated_w8a8 / emulated_w4a8: the `emulated` backend end to end from float activations (per-token
@@ -18,8 +23,6 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -27,6 +30,7 @@ import torch
 
 from ptq3d.kernels import emulated
 from ptq3d.kernels.packing import pack_weight, quantize_weight_rtn
+from ptq3d.kernels.timing import allocator_info, backend_label, cpu_count, time_callable
 
 VGGT_TOKENS_PER_FRAME = 1374
 VGGT_LINEARS: dict[str, tuple[int, int]] = {"qkv": (1024, 3072), "fc1": (1024, 4096), "fc2": (4096, 1024)}
@@ -108,43 +112,56 @@ def device_info(device: torch.device) -> dict:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         peaks = next((p for key, p in DEVICE_PEAKS.items() if key in name), None)
-        return {"device": name, "peaks_tflops": peaks, "torch": torch.__version__}
+        return {
+            "device": name,
+            "peaks_tflops": peaks,
+            "torch": torch.__version__,
+            "allocator": allocator_info(),
+        }
     info = {
-        "device": platform.processor() or platform.machine(),
+        "device": _cpu_name(),
         "peaks_tflops": None,  # no sourced peak for this CPU
         "threads": torch.get_num_threads(),
+        "cpu_count": cpu_count(),
         "torch": torch.__version__,
+        "allocator": allocator_info(),
     }
     if hasattr(os, "getloadavg"):
         info["loadavg"] = list(os.getloadavg())
     return info
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def case_backend(case: str, device: torch.device) -> str:
+    """The backend label of a case's timing: 'torch-<device>', 'emulated-<device>' or 'triton'."""
+    if case.startswith("torch_"):
+        return f"torch-{device.type}"
+    return backend_label(case.split("_", 1)[0], device)
+
+
 def time_fn(
     fn: Callable[[], object],
     device: torch.device,
     warmup: int = 2,
-    min_reps: int = 3,
+    min_reps: int = 5,
     min_time_s: float = 0.5,
+    backend: str | None = None,
 ) -> dict:
-    """Run fn repeatedly; returns {min_s, median_s, reps}. CUDA: events around each call."""
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_reps or (time.perf_counter() - start < min_time_s and len(times) < 200):
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            torch.cuda.synchronize()
-            times.append(a.elapsed_time(b) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return {"min_s": min(times), "median_s": statistics.median(times), "reps": len(times)}
+    """Time fn (ptq3d.kernels.timing.time_callable). Returns {median_s, min_s, max_s, reps, load_avg,
+    overloaded, backend}."""
+    st = time_callable(fn, warmup, min_reps, device=device, backend=backend, min_time_s=min_time_s)
+    return {"median_s": st.median_s, "min_s": st.min_s, "max_s": st.max_s, "reps": st.n,
+            "load_avg": st.load_avg, "overloaded": st.overloaded, "backend": st.backend}  # fmt: skip
 
 
 @dataclass
@@ -253,8 +270,9 @@ def bench_gemms(
 ) -> dict:
     """Time every case at every shape. Returns {"device": device_info, "results": [record, ...]}.
 
-    record: layer, frames, m, k, n, case, min_s, median_s, reps, tops (2MKN / min_s / 1e12), peak_kind,
-    peak_fraction (None without a sourced peak), speedup_vs_fp32, speedup_vs_bf16; or skipped: reason.
+    record: layer, frames, m, k, n, case, backend, median_s, min_s, max_s, reps, load_avg, overloaded,
+    tops (2MKN / median_s / 1e12), peak_kind, peak_fraction (None without a sourced peak), speedup_vs_fp32,
+    speedup_vs_bf16 (median over median, same run); or skipped: reason.
     """
     device = torch.device(device)
     info = device_info(device)
@@ -271,19 +289,19 @@ def bench_gemms(
                 rec["skipped"] = str(exc)
             else:
                 with torch.no_grad():
-                    rec.update(time_fn(fn, device, min_time_s=min_time_s))
+                    rec.update(time_fn(fn, device, min_time_s=min_time_s, backend=case_backend(case, device)))
                 kind = _PEAK_KIND[case]
                 rec["peak_kind"] = kind
-                rec["tops"] = shape.flops / rec["min_s"] / 1e12 if kind else None
+                rec["tops"] = shape.flops / rec["median_s"] / 1e12 if kind else None
                 rec["peak_fraction"] = rec["tops"] / peaks[kind] if kind in peaks else None
             rows.append(rec)
             if progress:
                 progress(rec)
-        base = {r["case"]: r.get("min_s") for r in rows}
+        base = {r["case"]: r.get("median_s") for r in rows}
         for r in rows:
-            if "min_s" in r:
-                r["speedup_vs_fp32"] = base["torch_fp32"] / r["min_s"] if base.get("torch_fp32") else None
-                r["speedup_vs_bf16"] = base["torch_bf16"] / r["min_s"] if base.get("torch_bf16") else None
+            if "median_s" in r:
+                r["speedup_vs_fp32"] = base["torch_fp32"] / r["median_s"] if base.get("torch_fp32") else None
+                r["speedup_vs_bf16"] = base["torch_bf16"] / r["median_s"] if base.get("torch_bf16") else None
         results.extend(rows)
         del ops
     return {"device": info, "results": results}

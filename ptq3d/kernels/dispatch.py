@@ -9,8 +9,10 @@ Supported combinations (anything else raises ConfigError naming the layer and th
   (group_size dividing in_features; even in_features for <= 4 bits);
 - activations: None (weight-only: W4A16 / W8A16 kernel), or symmetric 2..8-bit either per-token dynamic
   ("token"), per-tensor dynamic ("tensor"), or static with one calibrated `act_scale` (used as is; the
-  clip ratio is already in it). Asymmetric or dynamic per-group activations have no integer kernel here;
-  run those layers on backend "fake".
+  clip ratio is already in it), or twin-uniform (a layer with an `act_neg_scale` buffer, e.g. TAPTQ's
+  TwinQuantLinear: static `act_scale` for x >= 0 and `act_neg_scale` for x < 0, one signed code per
+  element; `emulated.quantize_twin` / `gemm_int_twin`). Asymmetric or dynamic per-group activations have
+  no integer kernel here; run those layers on backend "fake".
 
 Tolerance fake vs emulated: both backends compute the same activation codes (the formula of
 `ptq3d.kernels.emulated.quantize_per_token`), so the only difference is float32 summation order:
@@ -114,6 +116,51 @@ def quantize_activations(layer, x2d: torch.Tensor, backend: str) -> tuple[torch.
     )
 
 
+def twin_scales(layer) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(positive, negative) one-element float32 scales of a twin-uniform activation quantizer, or None when
+    the layer's quantizer is uniform (no `act_neg_scale`)."""
+    neg = getattr(layer, "act_neg_scale", None)
+    if neg is None:
+        return None
+    where = _name(layer)
+    spec = layer.act_spec
+    if spec is None or getattr(spec, "dynamic", True) or not spec.symmetric or not 2 <= int(spec.bits) <= 8:
+        raise ConfigError(
+            f"{where}: a twin-uniform activation quantizer needs a static symmetric 2..8-bit act_spec, "
+            f"got {spec}"
+        )
+    pos = getattr(layer, "act_scale", None)
+    for name, t in (("act_scale", pos), ("act_neg_scale", neg)):
+        if t is None or torch.as_tensor(t).numel() != 1:
+            raise ConfigError(f"{where}: twin-uniform activations need a one-element {name}")
+        if not bool(torch.as_tensor(t).gt(0).all()):
+            raise ConfigError(f"{where}: twin-uniform {name} must be positive, got {float(t)}")
+    return pos.detach().to(torch.float32).reshape(()), neg.detach().to(torch.float32).reshape(())
+
+
+def activation_values(layer, x: torch.Tensor, backend: str = "emulated") -> torch.Tensor:
+    """The float values of the integer activation codes `backend` computes for `x` (already transformed,
+    [..., in_features]), in x.dtype: codes * scale (uniform) or twin_dequantize (twin). Equal, bit for bit, to
+    the fake path's `layer.quantize_activation(x)` when both quantize alike (ptq3d.kernels.parity checks it)."""
+    k = layer.in_features
+    x2d = x.reshape(-1, k)
+    if layer.act_spec is None:
+        return x
+    if (twin := twin_scales(layer)) is not None:
+        pos, neg = (t.to(x2d.device) for t in twin)
+        if backend == "triton":
+            from ptq3d.kernels import triton_act_quant
+
+            q = triton_act_quant.quantize_twin(x2d, pos, neg, int(layer.act_spec.bits))
+        else:
+            q = emulated.quantize_twin(x2d, pos, neg, int(layer.act_spec.bits))
+        v = emulated.twin_dequantize(q, pos, neg)
+    else:
+        q, s = quantize_activations(layer, x2d, backend)
+        v = q.to(torch.float32) * s.reshape(-1, 1)
+    return v.to(x.dtype).reshape(x.shape)
+
+
 def _check_triton_device(x: torch.Tensor, where: str) -> None:
     from ptq3d.kernels._triton_env import INTERPRET  # turns the interpreter on where there is no CUDA
 
@@ -152,6 +199,17 @@ def quant_linear_forward(layer, x: torch.Tensor) -> torch.Tensor:
             y = triton_gemm.w4a16_gemm(x2d, w, bias)
         else:
             y = emulated.w4a16_gemm(x2d, w, bias)
+    elif (twin := twin_scales(layer)) is not None:
+        pos, neg = (t.to(x2d.device) for t in twin)
+        bits = int(layer.act_spec.bits)
+        if backend == "triton":
+            from ptq3d.kernels import triton_act_quant, triton_gemm
+
+            xq = triton_act_quant.quantize_twin(x2d, pos, neg, bits)
+            y = triton_gemm.gemm_int_twin(xq, pos, neg, w, bias, out_dtype=x.dtype)
+        else:
+            xq = emulated.quantize_twin(x2d, pos, neg, bits)
+            y = emulated.gemm_int_twin(xq, pos, neg, w, bias, out_dtype=x.dtype)
     else:
         xq, xs = quantize_activations(layer, x2d, backend)
         if backend == "triton":

@@ -1,7 +1,7 @@
-"""Triton activation quantization: fused per-token dynamic quantization and static per-tensor quantization.
+"""Triton activation quantization: fused per-token dynamic, static per-tensor and twin-uniform quantization.
 
-Both reproduce `ptq3d.kernels.emulated.quantize_per_token` / `quantize_static` bit for bit: IEEE division
-(`tl.div_rn`), clamp, round half to even.
+Each reproduces `ptq3d.kernels.emulated.quantize_per_token` / `quantize_static` / `quantize_twin` bit for
+bit: IEEE division (`tl.div_rn`), clamp, round half to even.
 """
 
 from __future__ import annotations
@@ -53,6 +53,23 @@ def _static_quant_kernel(
     tl.store(q_ptr + offs, round_half_even(v).to(tl.int8), mask=m)
 
 
+@triton.jit
+def _twin_quant_kernel(
+    x_ptr, q_ptr, s_ptr, N, QMIN: tl.constexpr, QMAX: tl.constexpr, BLOCK: tl.constexpr
+):  # fmt: skip
+    """Twin-uniform codes: s_ptr holds (positive scale, negative scale); x >= 0 uses the first, x < 0 the
+    second, both ranges evaluated as emulated.quantize_twin does (the other range's code is 0)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < N
+    zero = tl.full([BLOCK], 0.0, tl.float32)
+    sp = zero + tl.load(s_ptr)
+    sn = zero + tl.load(s_ptr + 1)
+    x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    qp = tl.minimum(tl.maximum(round_half_even(tl.div_rn(x, sp)), 0.0), QMAX)
+    qn = tl.minimum(tl.maximum(round_half_even(tl.div_rn(x, sn)), QMIN), 0.0)
+    tl.store(q_ptr + offs, (qp + qn).to(tl.int8), mask=m)
+
+
 def _qrange(bits: int) -> tuple[int, int]:
     return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
@@ -86,4 +103,20 @@ def quantize_static(x: torch.Tensor, scale: torch.Tensor, bits: int = 8) -> torc
     n = x.numel()
     block = 65536 if INTERPRET else 1024
     _static_quant_kernel[(triton.cdiv(n, block),)](x, q, s, n, QMIN=float(lo), QMAX=float(hi), BLOCK=block)
+    return q
+
+
+def quantize_twin(
+    x: torch.Tensor, pos_scale: torch.Tensor, neg_scale: torch.Tensor, bits: int = 8
+) -> torch.Tensor:
+    """x: float [M, K]; one-element positive / negative scales -> int8 twin codes [M, K]."""
+    x = x.contiguous()
+    q = torch.empty(x.shape, dtype=torch.int8, device=x.device)
+    s = torch.stack(
+        [torch.as_tensor(v, dtype=torch.float32, device=x.device).reshape(()) for v in (pos_scale, neg_scale)]
+    )
+    lo, hi = _qrange(bits)
+    n = x.numel()
+    block = 65536 if INTERPRET else 1024
+    _twin_quant_kernel[(triton.cdiv(n, block),)](x, q, s, n, QMIN=float(lo), QMAX=float(hi), BLOCK=block)
     return q

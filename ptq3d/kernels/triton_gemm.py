@@ -5,6 +5,8 @@
   int4 codes are unpacked in registers (two's complement nibbles via arithmetic shifts), never in memory.
   Matches `ptq3d.kernels.emulated.gemm_int`: the int32 partial sums exactly; the float epilogue exactly
   in the interpreter and up to FMA contraction (~1 ulp per group) on a GPU.
+- `gemm_int_twin`: the same GEMM for twin-uniform activation codes (TAPTQ's post-GELU quantizer): the
+  positive and the negative codes are two int32 dots, combined with their two scales in the epilogue.
 - `w4a16_gemm`: weight-only GEMM for memory-bound small M: int4/int8 codes dequantized per tile to the
   activation dtype, float32 accumulation. Matches `emulated.w4a16_gemm` within float tolerance.
 
@@ -57,8 +59,11 @@ def _gemm_int_kernel(
     a_ptr, b_ptr, sw_ptr, zw_ptr, sx_ptr, bias_ptr, c_ptr,
     M, N, K, GS, stride_am, stride_bn, stride_cm,
     INT4: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, X_PER_TENSOR: tl.constexpr,
+    TWIN: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
+    """TWIN: a holds twin-uniform codes and sx_ptr (positive scale, negative scale); the positive and the
+    negative codes are two int32 dots and the epilogue is (P+ * s+ + P- * s-) * s_w (emulated.gemm_int_twin)."""
     pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -66,22 +71,38 @@ def _gemm_int_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for g in range(0, G):
         part = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
+        part_neg = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
         rsum = tl.zeros([BLOCK_M], dtype=tl.int32)
+        rsum_neg = tl.zeros([BLOCK_M], dtype=tl.int32)
         for kk in range(0, GS, BLOCK_K):
             rk0 = g * GS + kk
             rk = rk0 + tl.arange(0, BLOCK_K)
             a = tl.load(a_ptr + rm[:, None] * stride_am + rk[None, :],
                         mask=(rm[:, None] < M) & (rk[None, :] < K), other=0)  # fmt: skip
             b = _load_weight_tile(b_ptr, rn, rk0, N, K, stride_bn, INT4, BLOCK_N, BLOCK_K)
+            if TWIN:
+                a_neg = tl.where(a < 0, a, tl.zeros_like(a))
+                a = tl.where(a > 0, a, tl.zeros_like(a))
+                part_neg = tl.dot(a_neg, tl.trans(b), part_neg, out_dtype=tl.int32)
+                if HAS_ZERO:
+                    rsum_neg += tl.sum(a_neg.to(tl.int32), axis=1)
             part = tl.dot(a, tl.trans(b), part, out_dtype=tl.int32)
             if HAS_ZERO:
                 rsum += tl.sum(a.to(tl.int32), axis=1)
         if HAS_ZERO:
             z = tl.load(zw_ptr + rn * G + g, mask=rn < N, other=0).to(tl.int32)
             part = part - rsum[:, None] * z[None, :]
+            if TWIN:
+                part_neg = part_neg - rsum_neg[:, None] * z[None, :]
         s = tl.load(sw_ptr + rn * G + g, mask=rn < N, other=0.0)
-        acc += part.to(tl.float32) * s[None, :]
-    if X_PER_TENSOR:
+        if TWIN:
+            t = part.to(tl.float32) * tl.load(sx_ptr) + part_neg.to(tl.float32) * tl.load(sx_ptr + 1)
+            acc += t * s[None, :]
+        else:
+            acc += part.to(tl.float32) * s[None, :]
+    if TWIN:
+        y = acc
+    elif X_PER_TENSOR:
         y = acc * tl.load(sx_ptr)
     else:
         y = acc * tl.load(sx_ptr + rm, mask=rm < M, other=0.0)[:, None]
@@ -195,18 +216,41 @@ def gemm_int(
     config: dict | None = None,
 ) -> torch.Tensor:
     """W8A8 / W4A8 GEMM. xq: int8 [M, K]; x_scale: float32 [M] or [1]; w: packed [N, K] -> [M, N]."""
+    return _gemm_int(xq, x_scale.to(torch.float32), w, bias, out_dtype, config, twin=False)
+
+
+def gemm_int_twin(
+    xq: torch.Tensor,
+    pos_scale: torch.Tensor,
+    neg_scale: torch.Tensor,
+    w: PackedWeight,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.float32,
+    config: dict | None = None,
+) -> torch.Tensor:
+    """GEMM of twin-uniform activation codes (emulated.quantize_twin) with int8 / int4 weights -> [M, N]."""
+    scales = torch.stack(
+        [
+            torch.as_tensor(v, dtype=torch.float32, device=xq.device).reshape(())
+            for v in (pos_scale, neg_scale)
+        ]
+    )
+    return _gemm_int(xq, scales, w, bias, out_dtype, config, twin=True)
+
+
+def _gemm_int(xq, sx, w: PackedWeight, bias, out_dtype, config, twin: bool) -> torch.Tensor:
     xq = xq.contiguous()
     m, k = xq.shape
     _check_shapes(k, w)
     n = w.out_features
     c = torch.empty((m, n), dtype=out_dtype, device=xq.device)
-    sx = x_scale.to(torch.float32).contiguous()
+    sx = sx.contiguous()
     b = bias.to(torch.float32).contiguous() if bias is not None else sx
     z = w.zero if w.zero is not None else w.scale
     args = (xq, w.data, w.scale, z, sx, b, c, m, n, k, w.group_size)
     args += (xq.stride(0), w.data.stride(0), c.stride(0))
     flags = {"INT4": w.packed_int4, "HAS_ZERO": w.zero is not None, "HAS_BIAS": bias is not None,
-             "X_PER_TENSOR": sx.numel() == 1 and m != 1}  # fmt: skip
+             "X_PER_TENSOR": sx.numel() == 1 and m != 1, "TWIN": twin}  # fmt: skip
     if INTERPRET or config is not None:
         cfg = config or _interp_blocks(m, n, k, w.group_size)
         _gemm_int_kernel[_grid(m, n)](*args, **flags, **cfg)

@@ -11,6 +11,9 @@ Stored state (buffers; names are a contract with ptq3d.kernels):
 - weight_zero  float32, same shape, or None (symmetric).
 - bias         float32 [out] or None.
 - act_scale / act_zero: float32 [1, 1] for static per-tensor activations; None when dynamic or FP.
+- act_neg_scale (subclasses only, e.g. TAPTQ's TwinQuantLinear): float32 [1, 1], the negative-range scale
+  of a twin-uniform activation quantizer (act_scale is then the positive range's); ptq3d.kernels runs
+  such a layer with its twin-uniform integer kernels.
 Plain attributes: in_features, out_features, weight_spec, act_spec (None = FP activations),
 act_clip_ratio (dynamic activation range multiplier), backend ("fake" | "emulated" | "triton").
 """
@@ -181,6 +184,13 @@ class QuantLinear(nn.Module):
         return fake_quantize(x, spec, scale=self.act_scale, zero=self.act_zero)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend == "fake" and torch.is_autocast_enabled(x.device.type):
+            # bf16 autocast (eval precision "bf16-autocast"): transform and quantize in float32, as the papers'
+            # fake quantizers do, then hand the matmul back to autocast, which returns its dtype
+            with torch.autocast(x.device.type, enabled=False):
+                xq = self.quantize_activation(self.transform_input(x.float()))
+                w = self.dequantized_weight()
+            return F.linear(xq, w, self.bias)
         x = self.transform_input(x)
         if self.backend == "fake":
             x = self.quantize_activation(x)

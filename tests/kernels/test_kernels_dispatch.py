@@ -158,42 +158,67 @@ def vggt_tiny_quantized():
     return fp, quantize_model(fp, "rtn", "w4g64a8")
 
 
-def test_parity_check_vggt_tiny_fake_vs_emulated(vggt_tiny_quantized):
-    """The same quantized VGGT (RTN w4g64a8) on fake vs real-integer (emulated) execution.
+def test_layer_parity_vggt_tiny_fake_vs_emulated(vggt_tiny_quantized, monkeypatch):
+    """Every layer of the quantized VGGT (RTN w4g64a8) on the input the fake run gave it: the emulated
+    backend computes the same activation codes and the same outputs up to float32 summation order."""
+    from ptq3d.kernels.parity import layer_parity
 
-    Tolerance: every layer agrees to float32 summation order (tested above), but in the network such a
-    difference can move a later activation across a rounding boundary, and the random-init camera head
-    amplifies that (its extrinsics move by ~1e-2 under 1e-6 input noise). So metrics are compared to the
-    fake model's own noise floor (same model, inputs * (1 + 1e-6 N(0,1))): fake vs emulated must be within
-    4x of it (plus 1e-4 absolute), and the dense outputs (depth, points) within 1e-5.
+    _, qm = vggt_tiny_quantized
+    g = torch.Generator().manual_seed(1)
+    rep = layer_parity(qm, [torch.rand(1, 3, 3, 112, 112, generator=g)])
+    assert len(rep["layers"]) == 16
+    assert rep["act_mismatches"] == 0, rep
+    assert rep["max_diff_over_bound"] <= 1.0, rep
+    # and a real mismatch is caught: activation codes rounded down instead of to nearest even
+    from ptq3d.kernels import emulated
+
+    def floor_codes(x, bits=8, clip_ratio=1.0):
+        q, scale = real_quantize(x, bits, clip_ratio)
+        lo, hi = emulated.qrange(bits)
+        return (x.float() / scale[:, None]).floor().clamp(lo, hi).to(torch.int8), scale
+
+    real_quantize = emulated.quantize_per_token
+    monkeypatch.setattr(emulated, "quantize_per_token", floor_codes)
+    bad = layer_parity(qm, [torch.rand(1, 3, 3, 112, 112, generator=torch.Generator().manual_seed(1))])
+    assert bad["act_mismatches"] > 0 and bad["max_diff_over_bound"] > 1.0
+
+
+def test_parity_check_fake_vs_emulated_within_noise_floor():
+    """The same quantized model (bundled trained vggt-tiny-synthetic, RTN w4g64a8) on fake vs emulated: task
+    metrics within 3x the largest change that 1e-6 input noise causes over 6 draws.
+
+    Why the noise floor and several draws (ptq3d.kernels.parity docstring): fake and emulated differ per layer
+    by float32 summation order only (test above), but a code that flips at a rounding boundary cascades
+    through the later layers. Measured on this project's 2-core Xeon (2 held-out scenes, 8 draws):
+    |diff| / floor was 0.28-0.65 (w4g64a8, w4a8, w8a8, w4a4, every metric). On the random-init vggt-tiny the
+    camera path is chaotic (special tokens start at 1e-6): 8 draws moved trans_err_deg by 0.036-0.94, so one
+    draw (the test before) could not tell noise from a defect; its fake-vs-emulated 0.225 was noise.
     """
+    from ptq3d.datasets.protocols import get_protocol, load_protocol_scenes
+    from ptq3d.methods.api import quantize_model
     from ptq3d.metrics.depth import depth_metrics
     from ptq3d.metrics.pose import relative_pose_errors
+    from ptq3d.models import load_model
 
-    fp, qm = vggt_tiny_quantized
-    g = torch.Generator().manual_seed(1)
-    images = [torch.rand(1, 3, 3, 112, 112, generator=g) for _ in range(2)]
+    fp = load_model("vggt-tiny-synthetic")
+    qm = quantize_model(fp, "rtn", "w4g64a8")
+    images = load_protocol_scenes(get_protocol("synthetic-heldout-112").with_limit(1))[0].images[None, :4]
     with torch.no_grad():
-        fp_preds = [fp.predict(im) for im in images]
+        ref = fp.predict(images)
 
-    class Sample:
-        def __init__(self, i):
-            self.images, self.index = images[i], i
-
-    def metrics(pred, s):
-        ref = fp_preds[s.index]
+    def metrics(pred, _):
         d = depth_metrics(pred.depth[0], ref.depth[0], alignment="median").metrics
         pe = relative_pose_errors(pred.extrinsics[0], ref.extrinsics[0])
         return {"abs_rel": d["abs_rel"], "rot_err_deg": float(pe.rot_err_deg.mean()),
                 "trans_err_deg": float(pe.trans_err_deg.mean())}  # fmt: skip
 
-    rep = parity_check(qm, [Sample(0), Sample(1)], metrics, noise_rel=1e-6)
-    assert rep["layers"] == 16
-    assert rep["metrics"]["fake"]["rot_err_deg"] > 1.0  # quantization is visible against FP
+    rep = parity_check(qm, [images], metrics, noise_rel=1e-6, noise_draws=6)
+    assert rep["layers"] == 32 and len(rep["noise_floor_draws"]["abs_rel"]) == 6
+    assert rep["metrics"]["fake"]["rot_err_deg"] > 0.1  # quantization is visible against FP
     for k, d in rep["diff"]["emulated"].items():
-        assert abs(d) <= 4 * rep["noise_floor"][k] + 1e-4, (k, rep)
-    for k in ("depth", "world_points"):
-        assert rep["max_output_abs_diff"]["emulated"][k] <= 1e-5, rep
+        assert abs(d) <= 3 * rep["noise_floor"][k], (k, rep)
+    for k in ("depth", "world_points", "extrinsics"):
+        assert rep["max_output_abs_diff"]["emulated"][k] <= 3 * rep["output_noise_floor"][k], rep
 
 
 def test_static_token_spec_uses_the_calibrated_scale_like_fake():

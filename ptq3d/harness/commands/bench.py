@@ -4,10 +4,15 @@
     ptq3d bench model   [--model vggt-tiny] [--scheme w8a8] [--frames 2] [--size 518] [--device cpu|cuda]
 
 Kernel results: every case of a shape runs in the same process, so compare ratios (speedup_vs_bf16,
-speedup_vs_fp32), not absolute times across machines. Model results report weight bytes (packed vs FP16)
-and peak memory separately (notes/performance.md). On a shared CPU pass --threads 1: with two OpenMP
-threads and a loaded machine, the elementwise passes (quantization, epilogue) stall on descheduled
-threads and the integer paths look several times slower than they are.
+speedup_vs_fp32, median over median), not absolute times across machines. Model results report weight
+bytes (packed vs FP16) and peak memory separately (notes/performance.md). Every latency is the median of
+repeated timings after warm-up, with min and max, the backend that ran it, the load average while timing
+(a warning is printed when it exceeded the cores) and the allocator (ptq3d.kernels.timing). By default
+the process keeps freed memory for reuse (`--allocator retain`: glibc mallopt M_MMAP_MAX=0,
+M_TRIM_THRESHOLD=1 GiB), so a large output buffer is not page-faulted afresh on every call;
+`--allocator default` keeps glibc's defaults. On a shared CPU pass --threads 1: with two OpenMP threads
+and a loaded machine, the elementwise passes (quantization, epilogue) stall on descheduled threads and
+the integer paths look several times slower than they are.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 
@@ -36,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--min-time", type=float, default=0.5, help="seconds of timed calls per case (default 0.5)"
     )
     k.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    k.add_argument("--allocator", default="retain", choices=["retain", "default"],
+                   help="retain: keep freed buffers for reuse (default); default: glibc's settings")  # fmt: skip
     k.add_argument("--out", default=None, help="write the JSON results here")
     k.set_defaults(func=handle_kernels)
     m = sub.add_parser("model", help="end-to-end latency, peak memory and weight bytes: FP vs quantized")
@@ -47,8 +53,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--size", type=int, default=518, help="square input size (multiple of 14)")
     m.add_argument("--backends", default="fake,emulated", help="comma-separated: fake, emulated, triton")
     m.add_argument("--device", default=None, choices=["cpu", "cuda"])
-    m.add_argument("--reps", type=int, default=3)
+    m.add_argument("--reps", type=int, default=5, help="timed repeats after 1 warm-up (median reported)")
     m.add_argument("--threads", type=int, default=None)
+    m.add_argument("--allocator", default="retain", choices=["retain", "default"],
+                   help="retain: keep freed buffers for reuse (default); default: glibc's settings")  # fmt: skip
     m.add_argument("--out", default=None)
     m.set_defaults(func=handle_model)
     p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
@@ -78,6 +86,23 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
     return vals
 
 
+def _setup_allocator(choice: str) -> None:
+    from ptq3d.kernels.timing import retain_freed_memory
+
+    if choice == "retain" and not retain_freed_memory():
+        print("note: --allocator retain has no effect here (not glibc); timings use the C library's defaults")
+
+
+def _warn_load(records: list[dict]) -> None:
+    from ptq3d.kernels.timing import cpu_count
+
+    over = [r for r in records if r.get("overloaded")]
+    if over:
+        worst = max(r["load_avg"] for r in over)
+        print(f"WARNING: the load average reached {worst:.1f} on {cpu_count()} cores while timing "
+              f"{len(over)} of {len(records)} measurements: their latencies include waiting for a core")  # fmt: skip
+
+
 def _write(out: str | None, payload: dict) -> None:
     if out:
         path = Path(out)
@@ -93,6 +118,7 @@ def handle_kernels(args: argparse.Namespace) -> int:
     from ptq3d.kernels import bench
 
     device = _device(args.device)
+    _setup_allocator(args.allocator)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.full:
@@ -116,42 +142,40 @@ def handle_kernels(args: argparse.Namespace) -> int:
             return
         tops = f"{r['tops']:8.3f} TOPS" if r["tops"] is not None else " " * 13
         frac = f"  {100 * r['peak_fraction']:5.1f}% of peak" if r.get("peak_fraction") is not None else ""
-        print(f"{head} {1e3 * r['min_s']:9.3f} ms {tops}{frac}", flush=True)
+        spread = f"[{1e3 * r['min_s']:.3f}-{1e3 * r['max_s']:.3f}]"
+        print(f"{head} {1e3 * r['median_s']:9.3f} ms {spread:>19} {tops}{frac}", flush=True)
 
     result = bench.bench_gemms(shapes, device, cases, min_time_s=args.min_time, progress=show)
-    print("speedups (same run; min time):")
+    print("speedups (same run; median over median):")
     for r in result["results"]:
-        if "min_s" in r and r["case"] not in ("torch_fp32",):
+        if "median_s" in r and r["case"] not in ("torch_fp32",):
             vs32 = r.get("speedup_vs_fp32")
             vs16 = r.get("speedup_vs_bf16")
             print(f"  {r['layer']:>4} S={r['frames']:<3} {r['case']:<24} "
                   f"vs fp32 {vs32 or float('nan'):6.2f}x   vs bf16 {vs16 or float('nan'):6.2f}x")  # fmt: skip
+    _warn_load([r for r in result["results"] if "median_s" in r])
     result["command"] = " ".join(sys.argv)
     _write(args.out, result)
     return 0
 
 
-def _time_predict(model, images, reps: int, device, autocast_bf16: bool = False) -> dict:
+def _time_predict(model, images, reps: int, device, backend: str, autocast_bf16: bool = False) -> dict:
     import torch
 
+    from ptq3d.kernels.timing import time_callable
     from ptq3d.quant.stats import PeakMemory
 
     def run():
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
             model.predict(images)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
 
-    run()  # warm-up (packs integer weights on first use)
-    times = []
     with PeakMemory() as pm:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - t0)
-    out = {"min_s": min(times), "median_s": sorted(times)[len(times) // 2], "reps": reps}
+        # 1 warm-up call (packs integer weights on first use), then `reps` timed calls
+        st = time_callable(run, warmup=1, repeats=reps, device=device, backend=backend)
+    out = {"median_s": st.median_s, "min_s": st.min_s, "max_s": st.max_s, "reps": st.n, "backend": st.backend,
+           "load_avg": st.load_avg, "overloaded": st.overloaded}  # fmt: skip
     if device.type == "cuda":
         out["peak_cuda_bytes"] = pm.cuda_peak_bytes
     else:
@@ -170,6 +194,7 @@ def handle_model(args: argparse.Namespace) -> int:
     from ptq3d.models import load_model
 
     device = _device(args.device)
+    _setup_allocator(args.allocator)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.size % 14:
@@ -180,22 +205,29 @@ def handle_model(args: argparse.Namespace) -> int:
     images = torch.rand(1, args.frames, 3, args.size, args.size, generator=g).to(device)
     fp_params = sum(p.numel() for p in fp.module.parameters())
     rows = []
+    from ptq3d.kernels.timing import backend_label
+
+    def show(r: dict) -> None:
+        print(f"{r['variant']:<24} {r['backend']:<18} {1e3 * r['median_s']:9.1f} ms "
+              f"[{1e3 * r['min_s']:.1f}-{1e3 * r['max_s']:.1f}]", flush=True)  # fmt: skip
+
+    fp_label = backend_label("fp", device)
     for name, kw in [("fp32", {}), ("bf16-autocast", {"autocast_bf16": True})]:
-        r = _time_predict(fp, images, args.reps, device, **kw)
-        rows.append({"variant": name, **r})
-        print(f"{name:<22} {1e3 * r['min_s']:9.1f} ms", flush=True)
+        rows.append({"variant": name, **_time_predict(fp, images, args.reps, device, fp_label, **kw)})
+        show(rows[-1])
     qm = quantize_model(fp, args.method, args.scheme)
     for b in backends:
         set_backend(qm, b)
-        r = _time_predict(qm, images, args.reps, device)
+        r = _time_predict(qm, images, args.reps, device, backend_label(b, device))
         rows.append({"variant": f"{args.method}-{args.scheme}/{b}", **r})
         if b == "triton" and device.type != "cuda":
             rows[-1]["note"] = "Triton interpreter on CPU: a correctness run, its time means nothing"
-        print(f"{rows[-1]['variant']:<22} {1e3 * r['min_s']:9.1f} ms", flush=True)
+        show(rows[-1])
+    _warn_load(rows)
     mb = model_bytes(qm).as_dict()
-    base = rows[0]["min_s"]
+    base = rows[0]["median_s"]
     for r in rows:
-        r["speedup_vs_fp32"] = base / r["min_s"]
+        r["speedup_vs_fp32"] = base / r["median_s"]
     payload = {
         "device": device_info(device),
         "model": args.model,
