@@ -28,7 +28,8 @@ from typing import Any
 from ptq3d.harness import provenance
 from ptq3d.harness.components import Components, get_components
 from ptq3d.harness.fpcache import FPCache, fp_key
-from ptq3d.harness.measure import StageTimer, latency_stats, time_call
+from ptq3d.harness.measure import StageTimer
+from ptq3d.kernels.timing import allocator_info, backend_label, retain_freed_memory, time_callable, time_pair
 from ptq3d.results.records import (
     AGGREGATE_SCENE,
     CellResult,
@@ -125,8 +126,14 @@ class _Cell:
     def images(self, scene: Any):
         return scene.images[None].to(self.device)
 
+    def precision(self):
+        """The evaluation precision context ([eval].precision; ptq3d.models.base.eval_precision)."""
+        from ptq3d.models.base import eval_precision
+
+        return eval_precision(self.spec.options.precision, self.device.split(":")[0])
+
     def predict(self, model: Any, scene: Any, what: str, name: str):
-        with self.torch.no_grad():
+        with self.torch.no_grad(), self.precision():
             pred = self.comp.predict(model, self.images(scene))
         bad = _nonfinite_fields(pred)
         required = set(self.comp.required_fields(self.spec.protocol))
@@ -222,6 +229,8 @@ class _Cell:
 
     def fp_eval(self) -> None:
         device_kind = self.device.split(":")[0]
+        if self.spec.options.precision != "fp32":  # bf16 FP predictions never answer for fp32 ones
+            device_kind = f"{device_kind}+{self.spec.options.precision}"
         values, self.fp_preds = [], []
         with self.timed("fp_eval"):
             for scene, name, h in _progress(
@@ -351,29 +360,37 @@ class _Cell:
             return
         opts = self.spec.options
         images = self.images(self.scenes[0])
-        with self.timed("bench"), self.torch.no_grad():
-            fp = time_call(
-                lambda: self.comp.predict(self.model, images),
-                opts.bench_warmup,
-                opts.bench_repeats,
-                self.use_cuda,
-            )
-            self.result.costs["latency_fp"] = latency_stats(fp)
+        dev = "cuda" if self.use_cuda else "cpu"
+        retain_freed_memory()  # glibc would return large buffers to the OS between calls and time the refaults
+        self.result.provenance["allocator"] = allocator_info()
+        with self.timed("bench"), self.torch.no_grad(), self.precision():
             self.result.costs["model_bytes_fp"] = int(self.comp.model_bytes(self.model))
-            if quantized:
+            if not quantized:
+                fp = time_callable(
+                    lambda: self.comp.predict(self.model, images),
+                    opts.bench_warmup,
+                    opts.bench_repeats,
+                    device=dev,
+                    backend=backend_label("fp", dev),
+                )
+                self.result.costs["latency_fp"] = fp.as_dict()
+            else:
                 backend = getattr(self, "real_backend", None) or "fake"
                 self.comp.set_backend(self.qmodel, backend)
-                q = time_call(
+                # FP and quantized timed in alternation in this cell, so the speedup divides like by like
+                fp, q = time_pair(
+                    lambda: self.comp.predict(self.model, images),
                     lambda: self.comp.predict(self.qmodel, images),
                     opts.bench_warmup,
                     opts.bench_repeats,
-                    self.use_cuda,
+                    device=dev,
+                    reference_backend=backend_label("fp", dev),
+                    candidate_backend=backend_label(backend, dev),
                 )
-                self.result.costs["latency_q"] = latency_stats(q)
-                self.result.costs["latency_backend"] = backend
-                self.result.costs["speedup"] = self.result.costs["latency_fp"]["median_ms"] / max(
-                    self.result.costs["latency_q"]["median_ms"], 1e-9
-                )
+                self.result.costs["latency_fp"] = fp.as_dict()
+                self.result.costs["latency_q"] = q.as_dict()
+                self.result.costs["latency_backend"] = q.backend
+                self.result.costs["speedup"] = fp.median_s / max(q.median_s, 1e-12)
                 self.result.costs["model_bytes_q"] = int(self.comp.model_bytes(self.qmodel))
         self.result.costs["bench_frames"] = int(images.shape[1])
         self.result.costs["bench_image_size"] = list(images.shape[-2:])
@@ -385,6 +402,7 @@ class _Cell:
             if spec.options.threads:
                 self.torch.set_num_threads(spec.options.threads)
             self.result.provenance.update(provenance.collect(self.device))
+            self.result.provenance["eval_precision"] = spec.options.precision
             self.load()
             self.fp_eval()
             if spec.is_reference:

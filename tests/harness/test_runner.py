@@ -75,18 +75,18 @@ def test_emulated_backend_runs_real_stage_with_parity(make_config, tmp_path):
     assert {s.name: s.status for s in r.stages}["eval_real"] == "ok"
     assert _agg(r, "real")["depth.abs_rel"].value == _agg(r, "fake")["depth.abs_rel"].value
     assert r.stats["parity"]["depth_rel_err"] == 0.0
-    assert r.costs["latency_backend"] == "emulated"
+    assert r.costs["latency_backend"] == "emulated-cpu"
 
 
 def test_auto_backend_runs_emulated_and_none_skips(make_config, tmp_path):
     cells = _cells(make_config, run='schemes = ["w8a8"]')
     auto = run_cell(next(c for c in cells if c.method.name == "rtn"), tmp_path / "cache")
     assert {s.name: s.note for s in auto.stages}["eval_real"] == "backend emulated"
-    assert auto.costs["latency_backend"] == "emulated"
+    assert auto.costs["latency_backend"] == "emulated-cpu"
     none = _cells(make_config, GRID + 'real_backend = "none"\n', run='schemes = ["w8a8"]')
     r = run_cell(next(c for c in none if c.method.name == "rtn"), tmp_path / "cache")
     assert {s.name: (s.status, s.note) for s in r.stages}["eval_real"] == ("skipped", "real_backend = 'none'")
-    assert r.costs["latency_backend"] == "fake"
+    assert r.costs["latency_backend"] == "fake-cpu"
 
 
 def test_explicit_backend_errors_fail_the_cell(make_config, tmp_path):
