@@ -9,6 +9,8 @@ EXTRAS="${PTQ3D_EXTRAS:-dev,distributed}"
 need_apt=()
 if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then need_apt+=(libusb-1.0-0); fi
 if [[ "${PTQ3D_BROWSER:-1}" == "1" ]] && ! command -v chromium >/dev/null 2>&1; then need_apt+=(chromium); fi
+# pdflatex + booktabs/geometry: the report tests compile every generated .tex (144 MiB installed; PTQ3D_LATEX=0 skips)
+if [[ "${PTQ3D_LATEX:-1}" == "1" ]] && ! command -v pdflatex >/dev/null 2>&1; then need_apt+=(texlive-latex-base texlive-latex-recommended); fi
 if (( ${#need_apt[@]} )); then
   if command -v apt-get >/dev/null 2>&1 && [[ "$(id -u)" == "0" ]]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null

@@ -29,12 +29,27 @@ def write_reports(
     render = {
         "csv": lambda: to_csv(results),
         "md": lambda: to_markdown(results, stage, metrics),
-        "tex": lambda: to_latex(results, stage, metrics),
+        "tex": lambda: to_latex(results, stage, metrics, title),
         "html": lambda: to_html(results, stage, title, metrics),
     }
     paths = {}
     for fmt in formats:
         path = out / f"report.{fmt}"
-        path.write_text(render[fmt](), encoding="utf-8")
+        _write_atomic(path, render[fmt]())
         paths[fmt] = path
     return paths
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file and rename, so a failed write (a full disk) leaves no half report."""
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        from ptq3d.errors import UserError
+
+        raise UserError(f"cannot write report '{path}': {exc.strerror or exc}") from None

@@ -1,4 +1,5 @@
-"""`ptq3d report STORE`: write CSV, Markdown, LaTeX and HTML reports from a results store."""
+"""`ptq3d report [RUN]`: write CSV, Markdown, LaTeX and HTML reports from a run directory or results store;
+without RUN, the latest run under ./ptq3d-runs."""
 
 from __future__ import annotations
 
@@ -10,25 +11,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "report", help="write CSV/Markdown/LaTeX/HTML reports from a results store", description=__doc__
     )
-    p.add_argument("store", help="results store (results.sqlite) or a run directory containing one")
+    p.add_argument(
+        "store",
+        nargs="?",
+        help="run directory (or its results.sqlite); default: the latest run under ./ptq3d-runs",
+    )
     p.add_argument("--out", help="output directory (default: <store dir>/reports)")
     p.add_argument("--format", default="csv,md,tex,html", help="comma-separated subset of csv,md,tex,html")
     p.add_argument("--stage", default="fake", choices=["fake", "real"], help="quantized stage to score")
     p.add_argument("--metrics", help="comma-separated metrics for the tables (default: all with a direction)")
     p.add_argument("--title", default="ptq3d report")
+    p.add_argument(
+        "--against-paper",
+        metavar="NAME",
+        help="print ours next to the published values of a paper config (harness/examples/papers/NAME) and exit",
+    )
     p.set_defaults(func=handle)
 
 
-def resolve_store(path: str) -> Path:
-    from ptq3d.errors import UserError
-    from ptq3d.harness.sweep import STORE_NAME
+def resolve_store(path: str | None) -> Path:
+    """A run directory or store file -> the store; None -> the latest run's store under ./ptq3d-runs."""
+    from ptq3d.results.read import latest_run
+    from ptq3d.results.read import resolve_store as resolve
 
-    p = Path(path)
-    if p.is_dir():
-        p = p / STORE_NAME
-    if not p.is_file():
-        raise UserError(f"results store '{p}' does not exist")
-    return p
+    return resolve(latest_run() if path is None else path)
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -38,12 +44,19 @@ def handle(args: argparse.Namespace) -> int:
     from ptq3d.results.read import load_results
 
     store = resolve_store(args.store)
+    if args.store is None:
+        print(f"latest run: {store.parent}")
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise UserError(f"--format {args.format!r}: allowed values are {', '.join(FORMATS)}")
     metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
     results = load_results(store)
+    if args.against_paper:
+        from ptq3d.reports.against_paper import against_paper, against_paper_to_text
+
+        print(against_paper_to_text(against_paper(results, args.against_paper, args.stage), args.against_paper))
+        return 0
     if metrics:
         known = set(results.metrics["metric"])
         for m in metrics:
