@@ -37,6 +37,11 @@ Evaluation: `TINY_HELDOUT_PROTOCOL` ("synthetic-heldout-112" v2): held-out seeds
 generator's default cameras (orbit over 90 degrees, 8 ordered views) starting at azimuth 0 and its default
 scenes with compass walls, at the training resolution 112 x 112. `evaluate` scores the FP model, the trivial
 predictors (`trivial_predictions`) and, where asked, a quantized copy, with the metrics' default AlignmentPolicy.
+
+Sinks variant (`vggt-tiny-synthetic-sinks`): `finetune_sinks` plants massive activations on the special tokens
+(ptq3d.models.bundled.sinks) and fine-tunes with the same data and losses; `token_type_statistics`,
+`weight_column_norm_ratios` and `sinks_card_numbers` measure its model card. Command line:
+`python -m ptq3d.harness.train_tiny sinks` (the weights) and `... sinks-card` (the card's JSON).
 """
 
 from __future__ import annotations
@@ -469,7 +474,37 @@ def train(
 
     model = VGGT(vggt_tiny_synthetic_config())
     init_weights(model)
-    model.to(device).train()
+    model.to(device)
+    wall, history = _fit(model, cfg, pool, work, device, resume, cfg.to_dict())
+    meta = {
+        "model": "vggt-tiny-synthetic",
+        "steps": cfg.steps,
+        "seed": cfg.seed,
+        "train_wall_s": round(wall, 1),
+    }
+    save_weights(model, out, meta)
+    return TrainResult(out, cfg.steps, wall, pool_s, history)
+
+
+def _fit(
+    model: VGGT,
+    cfg: TrainConfig,
+    pool: ScenePool,
+    work: Path,
+    device: str,
+    resume: bool,
+    run_config: dict,
+    after_step=None,
+    stop_after: int | None = None,
+) -> tuple[float, list[dict]]:
+    """The optimisation loop of `train` and `finetune_sinks`: cfg.steps AdamW steps on draws from `pool`, with
+    checkpoints (`work/checkpoint.pt`, `work/partial.safetensors`) every cfg.checkpoint_every_s and the log
+    `work/train_log.jsonl`. A checkpoint resumes only a run of the same `run_config`. after_step(model), if
+    given, runs after every optimiser step (finetune_sinks: re-write the held-fixed entries).
+    stop_after: end after this many steps of the cfg.steps schedule (the learning rate follows cfg.steps).
+    Returns (training wall seconds, logged rows); leaves `model` in eval mode."""
+    stop = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    model.train()
     opt = make_optimizer(model, cfg)
     sampler = BatchSampler(pool, cfg, cfg.seed)
     start, elapsed_before = 0, 0.0
@@ -479,7 +514,7 @@ def train(
         state = torch.load(
             ckpt, map_location=device, weights_only=False
         )  # our own file: optimizer + rng state
-        if state["config"] != cfg.to_dict():
+        if state["config"] != run_config:
             raise ConfigError(
                 f"{ckpt}: checkpoint was made with another configuration; delete it or pass --no-resume"
             )
@@ -502,7 +537,7 @@ def train(
                 "torch_rng": torch.get_rng_state(),
                 "step": step,
                 "elapsed_s": elapsed,
-                "config": cfg.to_dict(),
+                "config": run_config,
             },
             tmp,
         )
@@ -514,7 +549,7 @@ def train(
     last_ckpt = t0
     running: dict[str, float] = {}
     with log_path.open("a") as logf:
-        for step in range(start, cfg.steps):
+        for step in range(start, stop):
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg)
             batch = {k: v.to(device) for k, v in sampler.draw().items()}
@@ -524,11 +559,13 @@ def train(
             losses["total"].backward()
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
+            if after_step is not None:
+                after_step(model)
             for k, v in losses.items():
                 running[k] = running.get(k, 0.0) + float(v.detach())
             running["grad_norm"] = running.get("grad_norm", 0.0) + float(gnorm)
             n_done = step + 1
-            if n_done % cfg.log_every == 0 or n_done == cfg.steps:
+            if n_done % cfg.log_every == 0 or n_done == stop:
                 k = cfg.log_every if n_done % cfg.log_every == 0 else n_done % cfg.log_every
                 elapsed = elapsed_before + time.perf_counter() - t0
                 row = {"step": n_done, "lr": lr_at(step, cfg), "elapsed_s": round(elapsed, 1)}
@@ -539,20 +576,82 @@ def train(
                 log.info("step %d/%d loss %.4f (%.0f s)", n_done, cfg.steps, row["total"], elapsed)
                 running = {}
             now = time.perf_counter()
-            if now - last_ckpt >= cfg.checkpoint_every_s and n_done < cfg.steps:
+            if now - last_ckpt >= cfg.checkpoint_every_s and n_done < stop:
                 checkpoint(n_done, elapsed_before + now - t0)
                 last_ckpt = now
     wall = elapsed_before + time.perf_counter() - t0
     model.eval()
+    checkpoint(stop, wall)
+    return wall, history
+
+
+# ---------------------------------------------------------------------------------------------- sinks variant
+SINKS_MODEL = "vggt-tiny-synthetic-sinks"
+# the fine-tuning run of the bundled vggt-tiny-synthetic-sinks: the training data and losses of TrainConfig,
+# a shorter schedule at half the peak learning rate, batch draws seeded apart from the base run's. The bundled
+# weights are its state after SINKS_STOP_AFTER steps: the 2-core CPU this project shares ran at 1.3 s per step
+# (0.36 s alone), so the schedule was cut there, with pose recovered and depth / points not quite (model card).
+SINKS_TRAIN_CONFIG = TrainConfig(steps=2500, seed=1, lr=2e-4, warmup_steps=100)
+SINKS_STOP_AFTER = 679
+
+
+def finetune_sinks(
+    cfg: TrainConfig = SINKS_TRAIN_CONFIG,
+    out: str | Path = "vggt_tiny_synthetic_sinks.safetensors",
+    work_dir: str | Path | None = None,
+    massive=None,
+    base_weights: str | Path | None = None,
+    workers: int = 1,
+    resume: bool = True,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Make `vggt-tiny-synthetic-sinks`: the bundled model (or `base_weights`) with massive activations planted on
+    its camera and register tokens (`ptq3d.models.bundled.sinks.plant_massive_activations`, MassiveConfig
+    `massive`), fine-tuned on the training pool of `cfg` with the losses of `train` for cfg.steps steps so that
+    its predictions recover. The massive entries are held fixed: re-written after every optimiser step (AdamW
+    would otherwise move and decay them). CPU, cfg.threads threads; checkpoints and resume as `train`.
+    stop_after: end after that many steps of the cfg.steps schedule (a shortened run, recorded in the metadata)."""
+    from ptq3d.models import load_model
+    from ptq3d.models.bundled.sinks import MassiveConfig, plant_massive_activations, set_massive_entries
+
+    massive = massive or MassiveConfig()
+    out = Path(out)
+    work = Path(work_dir) if work_dir else out.parent / (out.stem + "_work")
+    work.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    t_pool = time.perf_counter()
+    pool = build_pool(cfg, workers=workers, cache_dir=work)
+    pool_s = time.perf_counter() - t_pool
+    model = load_model("vggt-tiny-synthetic", weights=base_weights).module
+    planted = plant_massive_activations(model, massive)
+    base = str(base_weights) if base_weights else "vggt-tiny-synthetic"
+    run_config = {**cfg.to_dict(), "massive": dataclasses.asdict(massive), "base": base}
+    wall, history = _fit(
+        model,
+        cfg,
+        pool,
+        work,
+        "cpu",
+        resume,
+        run_config,
+        after_step=lambda m: set_massive_entries(m, massive),
+        stop_after=stop_after,
+    )
+    done = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     meta = {
-        "model": "vggt-tiny-synthetic",
-        "steps": cfg.steps,
+        "model": SINKS_MODEL,
+        "base": base,
+        "steps": done,
+        "schedule_steps": cfg.steps,
         "seed": cfg.seed,
+        "lr": cfg.lr,
+        "massive": json.dumps({**dataclasses.asdict(massive), **planted}),
         "train_wall_s": round(wall, 1),
     }
     save_weights(model, out, meta)
-    checkpoint(cfg.steps, wall)
-    return TrainResult(out, cfg.steps, wall, pool_s, history)
+    return TrainResult(out, done, wall, pool_s, history)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -771,3 +870,281 @@ def model_card_tables(numbers: dict) -> str:
                 f"{d['special_patch_norm_median']:.2f} / {d['special_patch_norm_max']:.2f} |"
             )
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- sinks card
+TOKEN_TYPES = ("camera", "register", "patch")
+
+
+@torch.no_grad()
+def token_type_statistics(model: GeometryModel, images: Iterable[torch.Tensor]) -> list[dict]:
+    """Heavy tails of the quant-site inputs (qkv / proj / fc1 / fc2 of every aggregator block), per token type.
+
+    images: tensors [B, S, 3, H, W] run through `model.predict`. Every site input has rows that are whole frames
+    of P = patch_start_idx + (H/p)(W/p) tokens (frame blocks [B*S, P, C], global blocks [B, S*P, C]); token 0 of
+    a frame is the camera token, 1..patch_start_idx-1 the registers, the rest patches. Per row (one token's C
+    input values, the unit of per-token activation quantization):
+    - max_median: max|x| / median|x|;
+    - kurtosis: Pearson kurtosis over the C values (a Gaussian row gives 3; one spike of C values gives ~C).
+    Returns one dict per site: {'site', 'block', 'layer', and for each type t in TOKEN_TYPES: '<t>_max_median' and
+    '<t>_kurtosis' (medians over that type's rows), '<t>_absmax' (max|x| over them)}."""
+    agg = model.module.aggregator
+    k = agg.patch_start_idx
+    rows: dict[str, list[torch.Tensor]] = {}
+    pairs = list(model.iter_block_sites("aggregator"))
+    layout: dict[str, int] = {}
+
+    def hook(name: str):
+        def fn(_mod, args):
+            x = args[0].detach().double()
+            x = x.reshape(-1, layout["P"], x.shape[-1])
+            a = x.abs()
+            mmed = a.amax(-1) / a.median(-1).values.clamp_min(1e-12)
+            c = x - x.mean(-1, keepdim=True)
+            kurt = (c**4).mean(-1) / (c**2).mean(-1).clamp_min(1e-24) ** 2
+            rows.setdefault(name, []).append(torch.stack([mmed, kurt, a.amax(-1)], -1))  # [rows, P, 3]
+
+        return fn
+
+    hooks = [lin.register_forward_pre_hook(hook(f"{blk.name}.{rel}")) for blk, lins in pairs for rel, lin in lins.items()]  # fmt: skip
+    try:
+        for imgs in images:
+            H, W = imgs.shape[-2:]
+            layout["P"] = k + (H // agg.patch_size) * (W // agg.patch_size)
+            model.predict(imgs)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = []
+    spans = {"camera": slice(0, 1), "register": slice(1, k), "patch": slice(k, None)}
+    for blk, lins in pairs:
+        for rel in lins:
+            name = f"{blk.name}.{rel}"
+            t = torch.cat(rows[name])
+            rec: dict = {"site": name, "block": blk.name, "layer": rel.split(".")[-1]}
+            for typ in TOKEN_TYPES:
+                v = t[:, spans[typ]].reshape(-1, 3)
+                rec[f"{typ}_max_median"] = float(v[:, 0].median())
+                rec[f"{typ}_kurtosis"] = float(v[:, 1].median())
+                rec[f"{typ}_absmax"] = float(v[:, 2].max())
+            out.append(rec)
+    return out
+
+
+def weight_column_norm_ratios(model: GeometryModel) -> dict[str, float]:
+    """{site: min over input channels j of ||W[:, j]|| / their median} for every quantized aggregator linear
+    (W [out, in]). A trained model has 0.6-0.8; the outlier-injected variant about 0.01-0.03 (shrunken columns)."""
+    out = {}
+    for blk, lins in model.iter_block_sites("aggregator"):
+        for rel, lin in lins.items():
+            norms = lin.weight.detach().double().norm(dim=0)
+            out[f"{blk.name}.{rel}"] = float(norms.min() / norms.median())
+    return out
+
+
+def summarize_token_types(stats: list[dict]) -> dict[str, dict[str, float]]:
+    """Per layer type (qkv / proj / fc1 / fc2), per token type: the median over blocks of max_median and
+    kurtosis (the card's summary table)."""
+    out: dict[str, dict[str, float]] = {}
+    for layer in dict.fromkeys(r["layer"] for r in stats):
+        sel = [r for r in stats if r["layer"] == layer]
+        out[layer] = {
+            f"{t}_{m}": float(np.median([r[f"{t}_{m}"] for r in sel]))
+            for t in TOKEN_TYPES
+            for m in ("max_median", "kurtosis")
+        }
+    return out
+
+
+# W4A4 rows of the card's quantization check: smoothing alone against rotation + smoothing (QuantVGGT's
+# block-wise learning off, so the rows compare the transforms, not the learning)
+SINKS_QUANT_METHODS = (
+    ("smoothquant_w4a4", "smoothquant", None),
+    ("quarot_w4a4", "quarot", None),
+    ("quantvggt_scale_w4a4", "quantvggt", {"variant": "scale", "learn": False}),
+    ("quantvggt_dsfq_w4a4", "quantvggt", {"variant": "dsfq", "learn": False}),
+)
+
+
+def per_scene_metrics(
+    models: dict[str, GeometryModel], scenes: Iterable[SceneSample], alignment=None
+) -> dict[str, list[dict[str, float]]]:
+    """{model name: [evaluate_scene(...) of each scene, in order]} (what `evaluate` aggregates)."""
+    from ptq3d.metrics import evaluate_scene
+
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name in models}
+    for sample in scenes:
+        for name, model in models.items():
+            rows[name].append(evaluate_scene(_predict(model, sample), sample, alignment=alignment))
+    return rows
+
+
+def paired_differences(rows: list[dict], base: list[dict]) -> dict[str, list[float]]:
+    """{metric: [mean over scenes of rows - base, its standard error std(ddof=1) / sqrt(n)]} for the
+    HEADLINE_METRICS, scene by scene (the two lists are the same scenes in the same order). Pairing removes the
+    scene-to-scene spread that the two predictors share, so this is the noise a difference is judged against."""
+    if len(rows) != len(base) or len(rows) < 2:
+        raise ConfigError(f"paired_differences: need the same >= 2 scenes, got {len(rows)} and {len(base)}")
+    out = {}
+    for m in HEADLINE_METRICS:
+        d = np.array([r[m] - b[m] for r, b in zip(rows, base, strict=True) if m in r and m in b], dtype=float)
+        if len(d) >= 2:
+            out[m] = [float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))]
+    return out
+
+
+SINKS_CHECK_SCENES = 2  # scenes of the activation statistics re-measured by tests/models/test_sinks.py
+SINKS_QUANT_SCENES = 8  # held-out scenes of the card's quantization check
+
+
+def sinks_card_numbers(
+    weights: str | Path | None = None,
+    num_scenes: int = 32,
+    quant_scenes: int = SINKS_QUANT_SCENES,
+    quant_methods: tuple[tuple[str, str, dict | None], ...] = SINKS_QUANT_METHODS,
+    stats_scenes: int = 4,
+) -> dict:
+    """Everything the sinks section of the model card reports, for `weights` (None: the bundled file of
+    vggt-tiny-synthetic-sinks), as a JSON-able dict:
+    heldout: FP metrics of vggt-tiny-synthetic-sinks and of vggt-tiny-synthetic on `num_scenes` held-out scenes,
+      default AlignmentPolicy, {metric: [value, per-scene stderr]};
+    quant: FP, RTN W4A4 and `quant_methods` ((row name, method, config)) at W4A4 on the sinks model, first
+      `quant_scenes` scenes, check_policy(), with stderr; calibration: 4 of 8 generated scenes as in
+      model_card_numbers;
+    tokens: token_type_statistics on `stats_scenes` scenes (and on the first SINKS_CHECK_SCENES, what the test
+      re-measures), for both models; weights: weight_column_norm_ratios of both."""
+    from ptq3d.calibration.sets import synthetic_pool
+    from ptq3d.methods import build_random, quantize_model
+    from ptq3d.metrics import aggregate
+    from ptq3d.models import load_model
+
+    sinks = load_model(SINKS_MODEL, weights=weights)
+    plain = load_model("vggt-tiny-synthetic")
+    scenes = heldout_scenes(num_scenes)
+    fp_rows = per_scene_metrics({"sinks": sinks, "plain": plain}, scenes)
+    h, w = VGGT_TINY_SYNTHETIC_IMAGE_SIZE
+    pool = synthetic_pool(8, 8, h, w, first_seed=CALIBRATION_FIRST_SEED, scene_config=CALIBRATION_SCENE)
+    calib = build_random(pool, 4, seed=0)
+    qmodels: dict[str, GeometryModel] = {"fp": sinks, "rtn_w4a4": quantize_model(sinks, "rtn", "w4a4").model}
+    for row, meth, config in quant_methods:
+        qmodels[row] = quantize_model(sinks, meth, "w4a4", calibration=calib, config=config).model
+    q_rows = per_scene_metrics(qmodels, scenes[:quant_scenes], alignment=check_policy())
+    tokens = {}
+    for name, m in (("sinks", sinks), ("plain", plain)):
+        tokens[name] = token_type_statistics(m, [s.images[None] for s in scenes[:stats_scenes]])
+        tokens[f"{name}_check"] = token_type_statistics(
+            m, [s.images[None] for s in scenes[:SINKS_CHECK_SCENES]]
+        )
+
+    def keep(rows: dict[str, list[dict]]) -> dict:
+        res = {p: aggregate(r) for p, r in rows.items()}
+        return {p: {m: list(r[m]) for m in HEADLINE_METRICS if m in r} for p, r in res.items()}
+
+    return {
+        "protocol": TINY_HELDOUT_PROTOCOL.name,
+        "protocol_hash": TINY_HELDOUT_PROTOCOL.hash,
+        "num_scenes": len(scenes),
+        "heldout": keep(fp_rows),
+        "heldout_sinks_minus_plain": paired_differences(fp_rows["sinks"], fp_rows["plain"]),
+        "quant": {
+            "num_scenes": quant_scenes,
+            "max_points": CHECK_MAX_POINTS,
+            "calibration": calib.describe(),
+            **keep(q_rows),
+        },  # fmt: skip
+        "quant_minus_fp": {p: paired_differences(r, q_rows["fp"]) for p, r in q_rows.items() if p != "fp"},
+        "tokens": {"scenes": stats_scenes, "check_scenes": SINKS_CHECK_SCENES, **tokens},
+        "token_summary": {name: summarize_token_types(tokens[name]) for name in ("sinks", "plain")},
+        "weights": {"sinks": weight_column_norm_ratios(sinks), "plain": weight_column_norm_ratios(plain)},
+    }
+
+
+def sinks_card_tables(numbers: dict) -> str:
+    """Markdown tables of a sinks_card_numbers dict: held-out FP (value ± per-scene stderr) of both models and their
+    paired difference; the W4A4 check and its paired differences to FP; per-block token-type statistics; weight
+    column-norm ratios."""
+    cols = ("pose.auc@30", "pose.rot_err_mean", "depth.abs_rel", "depth.delta<1.25", "points.chamfer")
+
+    def head() -> list[str]:
+        return ["| predictor | " + " | ".join(cols) + " |", "|---" + "|---:" * len(cols) + "|"]
+
+    def row(name: str, r: dict, signed: bool = False) -> str:
+        fmt = "{:+.4f} ± {:.4f}" if signed else "{:.4f} ± {:.4f}"
+        return f"| {name} | " + " | ".join(fmt.format(*r[c]) if c in r else "-" for c in cols) + " |"
+
+    lines = [
+        f"Held-out FP ({numbers['num_scenes']} scenes, default AlignmentPolicy; ± per-scene standard error):",
+        "",
+    ]
+    lines += head() + [row(n, r) for n, r in numbers["heldout"].items()]
+    lines.append(row("sinks - plain (paired)", numbers["heldout_sinks_minus_plain"], signed=True))
+    q = numbers["quant"]
+    lines += ["", f"W4A4 on the sinks model ({q['num_scenes']} scenes, max_points {q['max_points']}):", ""]
+    lines += head() + [row(n, r) for n, r in q.items() if isinstance(r, dict) and "pose.auc@30" in r]
+    lines += [row(f"{n} - fp (paired)", r, signed=True) for n, r in numbers["quant_minus_fp"].items()]
+    lines += ["", "| site input | camera max/med | camera kurt | register max/med | register kurt | patch max/med | "
+              "patch kurt | weight col min/med |", "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    ratios = numbers["weights"]["sinks"]
+    for r in numbers["tokens"]["sinks"]:
+        lines.append(
+            f"| {r['site'].removeprefix('aggregator.')} | {r['camera_max_median']:.1f} | {r['camera_kurtosis']:.1f} | "
+            f"{r['register_max_median']:.1f} | {r['register_kurtosis']:.1f} | {r['patch_max_median']:.1f} | "
+            f"{r['patch_kurtosis']:.1f} | {ratios[r['site']]:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """`python -m ptq3d.harness.train_tiny sinks ...`: run finetune_sinks (the reproducible command of the
+    bundled vggt-tiny-synthetic-sinks weights; see its model card)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m ptq3d.harness.train_tiny")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("sinks", help="fine-tune vggt-tiny-synthetic into vggt-tiny-synthetic-sinks")
+    s.add_argument("--out", type=Path, default=Path("vggt_tiny_synthetic_sinks.safetensors"))
+    s.add_argument("--work-dir", type=Path, default=None)
+    s.add_argument("--steps", type=int, default=SINKS_TRAIN_CONFIG.steps)
+    s.add_argument("--seed", type=int, default=SINKS_TRAIN_CONFIG.seed)
+    s.add_argument(
+        "--stop-after",
+        type=int,
+        default=SINKS_STOP_AFTER,
+        help="end after N steps of the --steps schedule (default: the bundled run's; 0: the whole schedule)",
+    )
+    s.add_argument("--workers", type=int, default=1, help="processes generating the training scenes")
+    s.add_argument("--no-resume", action="store_true")
+    s.add_argument(
+        "--fp16", action="store_true", help="store the final weights in float16 (the bundled file)"
+    )
+    c = sub.add_parser("sinks-card", help="write the numbers of the sinks model card (JSON)")
+    c.add_argument("--weights", type=Path, default=None, help="default: the bundled file")
+    c.add_argument("--out", type=Path, default=Path("vggt_tiny_synthetic_sinks.json"))
+    c.add_argument("--scenes", type=int, default=32)
+    c.add_argument("--quant-scenes", type=int, default=SINKS_QUANT_SCENES)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(1)
+    if args.cmd == "sinks-card":
+        numbers = sinks_card_numbers(args.weights, num_scenes=args.scenes, quant_scenes=args.quant_scenes)
+        args.out.write_text(json.dumps(numbers, indent=1) + "\n")
+        print(f"wrote {args.out}")
+        return 0
+    cfg = dataclasses.replace(SINKS_TRAIN_CONFIG, steps=args.steps, seed=args.seed)
+    res = finetune_sinks(
+        cfg,
+        args.out,
+        args.work_dir,
+        workers=args.workers,
+        resume=not args.no_resume,
+        stop_after=args.stop_after or None,
+    )
+    weights = export_fp16(res.weights, res.weights) if args.fp16 else res.weights
+    print(
+        f"wrote {weights} ({res.steps} steps, training {res.wall_s:.0f} s, scene generation {res.pool_s:.0f} s)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -19,7 +19,7 @@ from torch import nn
 
 from ptq3d.errors import UserError, unknown_name_error
 from ptq3d.models.base import GeometryModel
-from ptq3d.models.loading import LoadReport, apply_state_dict, check_state_dict, read_state_dict
+from ptq3d.models.loading import LoadReport, apply_state_dict, check_finite, check_state_dict, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,17 @@ def _register_builtins() -> None:
         "`ptq3d train-tiny`; model card in ptq3d/models/bundled/README.md.",
         default_weights=VGGT_TINY_SYNTHETIC_WEIGHTS,
     )
+    from ptq3d.models.bundled import VGGT_TINY_SYNTHETIC_SINKS_WEIGHTS
+
+    register_model(
+        "vggt-tiny-synthetic-sinks",
+        _vggt_builder(vggt_tiny_synthetic_config, "vggt-tiny-synthetic-sinks"),
+        family="vggt",
+        description="vggt-tiny-synthetic fine-tuned with massive activations (two channels at +-30) on its "
+        "camera and register tokens, so the qkv/fc1 inputs are heavy-tailed because of the special tokens, as "
+        "in VGGT-1B; trained-like weight columns. Model card in ptq3d/models/bundled/README.md.",
+        default_weights=VGGT_TINY_SYNTHETIC_SINKS_WEIGHTS,
+    )
     from ptq3d.models.bundled.outliers import inject_channel_outliers
 
     register_model(
@@ -226,7 +237,10 @@ def _fill_constant_defaults(module: nn.Module, state: dict[str, torch.Tensor]) -
 
 
 def load_model(
-    name_or_config, weights: str | Path | None = None, device: str | torch.device = "cpu"
+    name_or_config,
+    weights: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    allow_nonfinite: bool = False,
 ) -> GeometryModel:
     """Build a registered model (or a VGGTConfig) in eval mode on `device`.
 
@@ -234,7 +248,8 @@ def load_model(
     default weights if it has any, else random init. Loading is strict (CheckpointError lists missing,
     unexpected and mis-shaped keys); keys of parts we do not implement (VGGT's track head) are reported in
     `model.load_report.ignored` and logged. Builds on the meta device first when weights are given, so a
-    1B model is not randomly initialised just to be overwritten.
+    1B model is not randomly initialised just to be overwritten. A checkpoint with NaN/Inf tensors is refused
+    with their names unless allow_nonfinite (ptq3d.models.loading.check_finite).
     """
     spec = _resolve(name_or_config)
     weights = weights if weights is not None else spec.default_weights
@@ -253,12 +268,13 @@ def load_model(
     prefixes = tuple(getattr(module, "IGNORED_KEY_PREFIXES", ()))
     filled = _fill_constant_defaults(module, state)
     check_state_dict(module, state, str(weights), prefixes)  # fail before allocating the model
+    check_finite({k: v for k, v in state.items() if not k.startswith(prefixes)}, str(weights), allow_nonfinite)
     module.to_empty(device=device)
     if not _reset_constant_buffers(module):  # rebuild for real: some buffer value would be lost
         with device:
             model = spec.builder()
         module = model.module
-    report: LoadReport = apply_state_dict(module, state, str(weights), prefixes)
+    report: LoadReport = apply_state_dict(module, state, str(weights), prefixes, allow_nonfinite)
     report.filled = filled
     model.load_report = report
     if spec.post_load is not None:

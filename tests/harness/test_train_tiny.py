@@ -4,6 +4,7 @@ activation statistics (ptq3d.harness.analysis). Small pools and a few steps keep
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -214,3 +215,35 @@ def test_activation_statistics_cover_every_site_and_see_an_outlier_channel():
     summary = summarize_sites(sites2)
     assert summary["qkv"]["channel_max_median_max"] == pytest.approx(after[name].channel_max_median)
     assert "frame_blocks.1 | qkv" in markdown_tables(sites2, blocks)
+
+
+def test_finetune_sinks_holds_the_massive_entries_and_resumes(tmp_path):
+    from safetensors import safe_open
+
+    from ptq3d.models.bundled.sinks import MassiveConfig
+
+    massive = MassiveConfig(channels=2, value=25.0, seed=3)
+    cfg = dataclasses.replace(tt.SINKS_TRAIN_CONFIG, steps=3, lr=2e-3, **SMALL)
+    res = tt.finetune_sinks(cfg, tmp_path / "s.safetensors", tmp_path / "w", massive=massive)
+    w = load_file(str(res.weights))
+    chs = massive.pick(128)
+    for key in ("aggregator.camera_token", "aggregator.register_token"):
+        # held at +M / -M after every step (lr 2e-3 and weight decay would move them otherwise)
+        assert torch.equal(w[key][..., chs], torch.tensor([25.0, -25.0]).expand_as(w[key][..., chs]))
+    gain = w["camera_head.token_norm.weight"]
+    base = load_model("vggt-tiny-synthetic").module.state_dict()
+    assert gain[chs].abs().max() < 0.05 < gain.abs().median()  # planted at zero, moved only by 3 small steps
+    assert not torch.equal(w["aggregator.frame_blocks.0.attn.qkv.weight"], base["aggregator.frame_blocks.0.attn.qkv.weight"])  # fmt: skip
+    with safe_open(str(res.weights), "pt") as f:
+        meta = f.metadata()
+    assert meta["model"] == tt.SINKS_MODEL and meta["seed"] == str(cfg.seed) and meta["steps"] == "3"
+    assert json.loads(meta["massive"])["channels"] == chs
+    # a run cut short keeps the learning rate of the full schedule and says so in its metadata
+    short = tt.finetune_sinks(cfg, tmp_path / "u.safetensors", tmp_path / "w2", massive=massive, stop_after=2)
+    assert short.steps == 2 and [r["step"] for r in short.history] == [1, 2]
+    assert [r["lr"] for r in short.history] == [r["lr"] for r in res.history[:2]]
+    with safe_open(str(short.weights), "pt") as f:
+        assert (f.metadata()["steps"], f.metadata()["schedule_steps"]) == ("2", "3")
+    # a checkpoint of another massive configuration is not resumed silently
+    with pytest.raises(ConfigError, match="another configuration"):
+        tt.finetune_sinks(cfg, tmp_path / "t.safetensors", tmp_path / "w", massive=MassiveConfig(value=10.0))

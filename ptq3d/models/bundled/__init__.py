@@ -12,6 +12,8 @@ from ptq3d.models.vggt.config import VGGTConfig
 
 BUNDLED_DIR = Path(__file__).resolve().parent
 VGGT_TINY_SYNTHETIC_WEIGHTS = BUNDLED_DIR / "vggt_tiny_synthetic.safetensors"
+# the same configuration with massive activations on its special tokens (sinks.py; model card: README.md)
+VGGT_TINY_SYNTHETIC_SINKS_WEIGHTS = BUNDLED_DIR / "vggt_tiny_synthetic_sinks.safetensors"
 VGGT_TINY_SYNTHETIC_IMAGE_SIZE = (112, 112)  # (H, W) it was trained at: an 8 x 8 patch grid
 
 
