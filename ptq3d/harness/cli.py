@@ -5,7 +5,8 @@ Each sub-command lives in its own module under ptq3d/harness/commands/ and expos
 Modules are discovered automatically, so a new command needs no edit here.
 
 User errors (bad config, unknown name, missing file) raise `UserError` and exit with code 2 and a one-line
-message; anything else is a bug and keeps its traceback.
+message, and so does a full disk (ENOSPC anywhere); Ctrl-C exits with code 130 and one line; anything else is
+a bug and keeps its traceback. `ptq3d run` exits 3 when cells failed (see `ptq3d run --help`).
 """
 
 from __future__ import annotations
@@ -55,9 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"ptq3d {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"ptq3d {args.command}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # output piped into `head` and closed early: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:  # a full disk anywhere (reports, caches, the store) is one line, not a traceback
+        from ptq3d.results.store import disk_full_error, is_disk_full
+
+        if not is_disk_full(exc):
+            raise
+        where = getattr(exc, "filename", None) or "a file"
+        print(f"ptq3d {args.command}: error: {disk_full_error(where, exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

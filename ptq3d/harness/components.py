@@ -4,13 +4,17 @@ The runner only calls the methods of a `Components` object, so a signature chang
 this file alone, and tests can run the whole harness on small fake components.
 
 `get_components(name)` resolves the `components` field of a CellSpec: "real" (the ptq3d implementations, this
-module's RealComponents), a name registered with `register_components`, or "package.module:attr" naming a
-Components subclass or factory (importable in every worker, which is what a distributed executor needs).
+module's RealComponents), a name registered with `register_components`, an installed entry point of the group
+`ptq3d.components`, or "package.module:attr" naming a Components subclass or factory (importable in every
+worker, which is what a distributed executor needs). A config file is not code: `check_components_allowed`
+refuses a "module:attr" that would import a module unless imports are allowed (`--allow-imports`).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -80,6 +84,37 @@ class Components:
 
     def check_method_config(self, method: str, config: dict[str, Any]) -> None:
         """Raise UserError if `config` is not valid for `method`."""
+
+    def resolve_method_config(
+        self, method: str, preset: str, config: dict[str, Any], defaults: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The config `method` runs with: `preset`'s values, then `defaults` (e.g. the epochs of its calibration
+        defaults, where the config has such a field), then the user's keys; validated (UserError naming the
+        key). Default: one preset, "paper", and the user's keys as they are."""
+        if preset != "paper":
+            raise unknown_name_error(f"preset of method '{method}'", preset, ["paper"])
+        self.check_method_config(method, config)
+        return dict(config)
+
+    def method_presets(self, method: str) -> list[str]:
+        """The presets `method` declares ("paper", the default, always)."""
+        return ["paper"]
+
+    def method_calibration_defaults(self, method: str, preset: str) -> dict[str, Any]:
+        """The method's own calibration settings for `preset` (builder, num_scenes, frames, epochs, scope,
+        builder_options); {} if it declares none."""
+        return {}
+
+    def check_builder_options(self, builder: str, options: dict[str, Any]) -> None:
+        """Raise UserError if `options` are not valid for calibration builder `builder` (default: none are)."""
+        if options:
+            raise UserError(
+                f"calibration builder '{builder}' takes no options (got {', '.join(sorted(options))})"
+            )
+
+    def protocol_frames(self, protocol: str) -> int | None:
+        """Frames per scene of `protocol` where it fixes them (checks `frames` at validate time), else None."""
+        return None
 
     def method_needs_calibration(
         self, method: str, config: dict[str, Any], scheme: str | None = None
@@ -213,6 +248,32 @@ def _import(target: str) -> Any:
     return obj
 
 
+ENTRY_POINT_GROUP = "ptq3d.components"
+
+
+def _entry_points() -> dict[str, Any]:
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def check_components_allowed(name: str, allow_imports: bool) -> None:
+    """Raise ConfigError unless resolving `name` runs no code the user did not install or ask for: a registered
+    name, an installed `ptq3d.components` entry point, or (without allow_imports) a "module:attr" whose module
+    is already imported and whose attribute is a Components subclass."""
+    if allow_imports or name in _FACTORIES or name in _entry_points():
+        return
+    if ":" not in name:
+        raise unknown_name_error("components", name, [*_FACTORIES, *_entry_points()])
+    module, _, attr = name.partition(":")
+    obj = sys.modules.get(module)
+    for part in attr.split(".") if obj is not None else ():
+        obj = getattr(obj, part, None)
+    if not (isinstance(obj, type) and issubclass(obj, Components)):
+        raise ConfigError(
+            f"components '{name}' would import module '{module}': a config file may only name registered "
+            f"components or a '{ENTRY_POINT_GROUP}' entry point; pass --allow-imports to import it"
+        )
+
+
 @cache
 def get_components(name: str = "real") -> Components:
     """The Components instance for `name` (cached per process)."""
@@ -220,8 +281,15 @@ def get_components(name: str = "real") -> Components:
         factory = _FACTORIES[name]
     elif ":" in name:
         factory = name
+    elif name in _entry_points():
+        try:
+            factory = _entry_points()[name].load()
+        except Exception as exc:
+            raise ConfigError(
+                f"components '{name}': cannot load its entry point ({type(exc).__name__}: {exc})"
+            ) from None
     else:
-        raise unknown_name_error("components", name, _FACTORIES)
+        raise unknown_name_error("components", name, [*_FACTORIES, *_entry_points()])
     if isinstance(factory, str):
         factory = _import(factory)
     comp = factory()

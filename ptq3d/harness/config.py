@@ -21,7 +21,11 @@ Schema (every key optional unless marked; relative paths are relative to the con
     [[methods]]                       # REQUIRED (or: methods = ["rtn", "gptq"], or methods = "all")
     name = "gptq"                     # a registered method (`ptq3d ls methods`); "fp" = the reference
     label = "GPTQ (damp 0.01)"        # distinguishes two configs of one method
-    config = { percdamp = 0.01 }      # the method's config dataclass fields
+    preset = "paper"                  # "paper" (default) or a preset the method declares, e.g. "code"
+    config = { percdamp = 0.01 }      # the method's config dataclass fields (over the preset's values)
+    scope = "all"                     # this method's quantization scope (default: the method's own, else [eval])
+    calibration = { builder = "nfds", num_scenes = 20, frames = 10, seeds = [0, 1], options = { num_clusters = 5 } }
+                                      # overrides [calibration] for this method (same keys as [calibration])
 
     [[protocols]]                     # REQUIRED (or: protocols = ["synthetic-smoke"])
     name = "synthetic-smoke"          # a registered protocol (`ptq3d ls protocols`)
@@ -31,13 +35,15 @@ Schema (every key optional unless marked; relative paths are relative to the con
     alignment = "pi3"                 # AlignmentPolicy preset (vggt, pi3, cut3r, quantvggt); default policy if unset
     alignment_options = { max_points = 4096 }  # policy fields overriding the preset
 
-    [calibration]                     # REQUIRED when a method calibrates
+    [calibration]                     # REQUIRED when a method calibrates (the protocol, at least)
     protocol = "synthetic-heldout"    # scenes drawn from this protocol (keep it disjoint from evaluation)
     root = ""
-    builders = ["random"]             # or builder = "random" (`ptq3d ls builders`)
+    builder = "random"                # `ptq3d ls builders`; builders = [...] crosses each with every method
     num_scenes = 4
+    frames = 4                        # first N frames of each calibration scene (default: all)
     seeds = [0, 1, 2]                 # or seed = 0; each seed is one cell (mean +- s.e. over seeds)
     limit = 0                         # cap the candidate pool (0 = all)
+    options = {}                      # the builder's options (e.g. nfds: filter, num_clusters)
 
     [eval]
     scope = "aggregator"              # "aggregator" | "all"
@@ -48,6 +54,7 @@ Schema (every key optional unless marked; relative paths are relative to the con
     device = "auto"                   # "auto" | "cpu" | "cuda" | "cuda:N"
     outlier_stats = true
     threads = 0                       # torch intra-op threads per worker (0 = leave as is)
+    precision = "fp32"                # "fp32" | "bf16-autocast" (the papers' GPU eval: bf16, heads in fp32)
 
     [ray]                             # only read by `ptq3d run --executor ray` (see ptq3d.harness.ray_executor)
     address = ""                      # cluster to join; empty = start a local instance (--address overrides)
@@ -56,13 +63,26 @@ Schema (every key optional unless marked; relative paths are relative to the con
     cache = "auto"                    # "auto" | "shared" | "object-store" (how FP predictions are shared)
     shared_cache_dir = ""             # a directory every node sees (cache = "shared")
 
-Loading validates every key: unknown keys, wrong types and unknown names raise ConfigError naming the file, the
-key and the allowed values. See ptq3d/harness/examples/ for complete files.
+Loading validates every key: unknown keys, wrong types, out-of-range values and unknown names raise ConfigError
+(one line) naming the file, the key and the allowed values. Schemes are normalised ("W8A8 " is "w8a8") and
+de-duplicated. See ptq3d/harness/examples/ for complete files.
+
+Each method's settings, per key, come from the first of: its [[methods]] entry (`scope`, `calibration`), the
+run's [calibration] / [eval] tables where the TOML sets the key, the method's own defaults for its preset
+(`CALIBRATION_DEFAULTS` of its config class, see ptq3d/methods/registry.py), the built-in defaults (random
+builder, 4 scenes, seed 0, aggregator scope). Its config: the preset's values, then `epochs` of its calibration
+defaults, then the entry's `config`; each cell records the resolved config, preset, scope and calibration.
+
+`components = "module:attr"` is resolved without importing anything (a config file is not code): it must name a
+registered name, a `ptq3d.components` entry point, or a Components subclass of an already imported module,
+unless the caller allows imports (`ptq3d validate/run --allow-imports`; the Python API allows them).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -92,7 +112,14 @@ _RUN_KEYS = {
     "components": str,
 }
 _MODEL_KEYS = {"name": str, "weights": str, "label": str, "init_seed": int, "options": dict}
-_METHOD_KEYS = {"name": str, "label": str, "config": dict}
+_METHOD_KEYS = {
+    "name": str,
+    "label": str,
+    "config": dict,
+    "preset": str,
+    "scope": str,
+    "calibration": dict,
+}
 _PROTOCOL_KEYS = {
     "name": str,
     "root": str,
@@ -110,19 +137,47 @@ _CALIB_KEYS = {
     "seed": int,
     "seeds": list,
     "limit": int,
+    "frames": int,
+    "options": dict,
 }
 _EVAL_KEYS = {f.name: type(f.default) for f in fields(EvalOptions)}
 _TOP_KEYS = ("run", "models", "methods", "protocols", "calibration", "eval", "ray")
+MAX_CONFIG_BYTES = 1 << 20  # a run config is a page of TOML; anything this big is a mistake
+MAX_SEED = 2**32 - 1  # numpy and torch seeds
 
 
 @dataclass
 class CalibrationConfig:
+    """[calibration] (or a method's inline calibration table). explicit: the keys the TOML set (builders,
+    num_scenes, frames, seeds, limit, options, protocol): only those override a method's own defaults."""
+
     protocol: str | None = None
     root: str | None = None
     builders: list[str] = field(default_factory=lambda: ["random"])
     num_scenes: int = 4
     seeds: list[int] = field(default_factory=lambda: [0])
     limit: int | None = None
+    frames: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    explicit: frozenset[str] = frozenset()
+
+
+@dataclass
+class MethodSettings:
+    """What a [[methods]] entry sets beyond its MethodRef: scope (None = not set) and its inline calibration."""
+
+    scope: str | None = None
+    calibration: CalibrationConfig | None = None
+
+
+@dataclass
+class MethodPlan:
+    """A method resolved for the grid: its MethodRef (config = preset values, then calibration-default epochs,
+    then the user's keys), its scope and its calibration settings."""
+
+    ref: MethodRef
+    scope: str
+    calibration: CalibrationConfig
 
 
 @dataclass
@@ -143,9 +198,23 @@ class RunConfig:
     source: str = "<config>"
     text: str = ""
     ray: Any = None  # RayOptions of the [ray] table (parsed without importing ray)
+    method_settings: dict[str, MethodSettings] = field(default_factory=dict)  # by method label (display)
+    eval_explicit: frozenset[str] = frozenset()  # [eval] keys the TOML set
+    allow_imports: bool = True
 
     def cells(self) -> list[CellSpec]:
         return expand(self)
+
+    def plans(self) -> list[MethodPlan]:
+        """Every method (FP excluded) with its resolved config, scope and calibration."""
+        from ptq3d.harness.components import get_components
+
+        comp = get_components(self.components)
+        return [
+            plan_method(self, comp, i, m)
+            for i, m in enumerate(self.methods)
+            if m.name not in (FP_METHOD, "*all*")
+        ]
 
 
 # --- parsing helpers ------------------------------------------------------------------------------------
@@ -206,6 +275,88 @@ def _int_list(src: str, where: str, value: Any) -> list[int]:
     return list(value)
 
 
+def _seeds(src: str, where: str, value: Any) -> list[int]:
+    seeds = _int_list(src, where, value)
+    for s in seeds:
+        if not 0 <= s <= MAX_SEED:
+            raise ConfigError(f"{src}: {where} = {value!r}: seed {s} is not in 0..{MAX_SEED}")
+    dup = sorted({s for s in seeds if seeds.count(s) > 1})
+    if dup:
+        raise ConfigError(f"{src}: {where} = {value!r}: seed {dup[0]} is listed twice")
+    return seeds
+
+
+def _at_least(src: str, where: str, value: Any, low: int, meaning: str = "") -> None:
+    if value < low:
+        raise ConfigError(f"{src}: {where} = {value}: must be >= {low}{meaning}")
+
+
+def _check_plain(src: str, where: str, value: Any, depth: int = 0) -> None:
+    """Builder and model options are plain TOML values: finite numbers, at most 8 tables deep."""
+    if depth > 8:
+        raise ConfigError(f"{src}: {where}: nested more than 8 levels deep")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{src}: {where} = {value!r}: must be a finite number")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_plain(src, f"{where}.{k}", v, depth + 1)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_plain(src, f"{where}[{i}]", v, depth + 1)
+
+
+def _parse_calibration(src: str, where: str, cal: Any, base_dir: Path | None) -> CalibrationConfig:
+    """[calibration] or a method's inline `calibration = {...}`, range-checked, with the keys it sets."""
+    cal = _check_table(src, where, cal, _CALIB_KEYS)
+    for a, b in (("builder", "builders"), ("seed", "seeds")):
+        if a in cal and b in cal:
+            raise ConfigError(f"{src}: {where}: give '{a}' or '{b}', not both")
+    if "root" in cal and "protocol" not in cal:
+        raise ConfigError(
+            f"{src}: {where}.root = {cal['root']!r}: give the 'protocol' it is the data root of"
+        )
+    root = _path(base_dir, cal.get("root"))
+    if root is not None and not Path(root).exists():
+        raise ConfigError(f"{src}: {where}.root = {cal['root']!r}: no such directory ({root})")
+    for key in ("num_scenes", "frames"):
+        if key in cal:
+            _at_least(src, f"{where}.{key}", cal[key], 1)
+    if "limit" in cal:
+        _at_least(src, f"{where}.limit", cal["limit"], 0, " (0 = the whole pool)")
+    options = dict(cal.get("options", {}))
+    _check_plain(src, f"{where}.options", options)
+    explicit = {k for k in cal if k not in ("builder", "seed", "root")}
+    explicit |= {"builders"} if "builder" in cal else set()
+    explicit |= {"seeds"} if "seed" in cal else set()
+    return CalibrationConfig(
+        protocol=cal.get("protocol"),
+        root=root,
+        builders=_str_list(src, f"{where}.builders", cal.get("builders", cal.get("builder", "random"))),
+        num_scenes=int(cal.get("num_scenes", 4)),
+        seeds=_seeds(src, f"{where}.seeds", cal.get("seeds", cal.get("seed", 0))),
+        limit=cal.get("limit") or None,
+        frames=cal.get("frames"),
+        options=options,
+        explicit=frozenset(explicit),
+    )
+
+
+def normalise_scheme(scheme: str) -> str:
+    """'W8A8', ' w8a8 ' and 'w8 a8' -> 'w8a8' (whitespace removed, lower case)."""
+    return "".join(str(scheme).split()).lower()
+
+
+def _schemes(src: str, value: Any) -> list[str]:
+    out: list[str] = []
+    for i, s in enumerate(_str_list(src, "[run].schemes", value)):
+        n = normalise_scheme(s)
+        if not n:
+            raise ConfigError(f"{src}: [run].schemes[{i}] = {s!r}: empty scheme name")
+        if n not in out:  # one scheme however it is spelled: one cell
+            out.append(n)
+    return out
+
+
 def _path(base: Path | None, value: str | None) -> str | None:
     if not value:
         return None
@@ -259,6 +410,9 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
         weights = _path(base_dir, m.get("weights"))
         if weights is not None and not Path(weights).is_file():
             raise ConfigError(f"{src}: {where}.weights = {m['weights']!r}: no such file ({weights})")
+        if "init_seed" in m and not 0 <= m["init_seed"] <= MAX_SEED:
+            raise ConfigError(f"{src}: {where}.init_seed = {m['init_seed']}: must be in 0..{MAX_SEED}")
+        _check_plain(src, f"{where}.options", m.get("options", {}))
         models.append(
             ModelRef(
                 m["name"], weights, m.get("label", ""), int(m.get("init_seed", 0)), dict(m.get("options", {}))
@@ -271,6 +425,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
         )
     raw_methods = data["methods"]
     methods: list[MethodRef] = []
+    settings: dict[str, MethodSettings] = {}
     if raw_methods == "all":
         methods = [MethodRef("*all*")]
     else:
@@ -279,7 +434,22 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
             _check_table(src, where, m, _METHOD_KEYS)
             if "name" not in m:
                 raise ConfigError(f"{src}: {where}: missing required key 'name'")
-            methods.append(MethodRef(m["name"], m.get("label", ""), dict(m.get("config", {}))))
+            if "scope" in m:
+                _choice(src, f"{where}.scope", m["scope"], SCOPES)
+            preset = m.get("preset", "paper")
+            if not preset.strip():
+                raise ConfigError(f"{src}: {where}.preset = {preset!r}: empty preset name")
+            label = m.get("label", "")
+            if preset != "paper" and preset not in (label or m["name"]):
+                label = f"{label or m['name']} ({preset})"  # the preset is part of what a row shows
+            _check_plain(src, f"{where}.config", m.get("config", {}))
+            ref = MethodRef(m["name"], label, dict(m.get("config", {})), preset)
+            cal = m.get("calibration")
+            settings[ref.display] = MethodSettings(
+                m.get("scope"),
+                None if cal is None else _parse_calibration(src, f"{where}.calibration", cal, base_dir),
+            )
+            methods.append(ref)
     labels = [m.display for m in methods]
     dup = {x for x in labels if labels.count(x) > 1}
     if dup:
@@ -314,41 +484,29 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
             )
         )
 
-    cal = _check_table(src, "[calibration]", data.get("calibration", {}), _CALIB_KEYS)
-    for a, b in (("builder", "builders"), ("seed", "seeds")):
-        if a in cal and b in cal:
-            raise ConfigError(f"{src}: [calibration]: give '{a}' or '{b}', not both")
-    cal_root = _path(base_dir, cal.get("root"))
-    if cal_root is not None and not Path(cal_root).exists():
-        raise ConfigError(f"{src}: [calibration].root = {cal['root']!r}: no such directory ({cal_root})")
-    calibration = CalibrationConfig(
-        protocol=cal.get("protocol"),
-        root=cal_root,
-        builders=_str_list(src, "[calibration].builders", cal.get("builders", cal.get("builder", "random"))),
-        num_scenes=int(cal.get("num_scenes", 4)),
-        seeds=_int_list(src, "[calibration].seeds", cal.get("seeds", cal.get("seed", 0))),
-        limit=cal.get("limit") or None,
-    )
-    if calibration.num_scenes < 1:
-        raise ConfigError(f"{src}: [calibration].num_scenes = {calibration.num_scenes}: must be >= 1")
+    calibration = _parse_calibration(src, "[calibration]", data.get("calibration", {}), base_dir)
 
     ev = _check_table(src, "[eval]", data.get("eval", {}), _EVAL_KEYS)
     if "scope" in ev:
         _choice(src, "[eval].scope", ev["scope"], SCOPES)
     if "real_backend" in ev:
         _choice(src, "[eval].real_backend", ev["real_backend"], REAL_BACKENDS)
+    if "precision" in ev:
+        _choice(src, "[eval].precision", ev["precision"], ("fp32", "bf16-autocast"))
     if "device" in ev and not (
         ev["device"] in ("auto", "cpu", "cuda") or str(ev["device"]).startswith("cuda:")
     ):
         raise ConfigError(
             f"{src}: [eval].device = {ev['device']!r}: allowed values are auto, cpu, cuda, cuda:N"
         )
-    for k in ("bench_warmup", "bench_repeats", "threads"):
-        if k in ev and ev[k] < 0:
-            raise ConfigError(f"{src}: [eval].{k} = {ev[k]}: must be >= 0")
+    for k in ("bench_warmup", "threads"):
+        if k in ev:
+            _at_least(src, f"[eval].{k}", ev[k], 0)
+    if "bench_repeats" in ev:
+        _at_least(src, "[eval].bench_repeats", ev["bench_repeats"], 1, " (a latency needs one timing)")
     options = EvalOptions(**ev)
 
-    schemes = _str_list(src, "[run].schemes", run["schemes"]) if "schemes" in run else []
+    schemes = _schemes(src, run["schemes"]) if "schemes" in run else []
     only_fp = all(m.name == FP_METHOD for m in methods)
     if not schemes and not only_fp:
         raise ConfigError(f'{src}: [run].schemes is required (e.g. schemes = ["w8a8", "w4a8"])')
@@ -366,38 +524,61 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
         components=run.get("components", "real"),
         source=source,
         ray=parse_ray_options(data.get("ray", {}), src, base_dir),
+        method_settings=settings,
+        eval_explicit=frozenset(ev),
     )
 
 
-def load_config(path: str | Path, check: bool = True) -> RunConfig:
-    """Read, parse and validate a TOML run configuration (names checked against the registries if check)."""
+def load_config(path: str | Path, check: bool = True, allow_imports: bool = True) -> RunConfig:
+    """Read, parse and validate a TOML run configuration (names checked against the registries if check).
+    allow_imports: let `components = "module:attr"` import its module (the CLI passes --allow-imports)."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"config file '{p}' does not exist")
-    text = p.read_text()
-    return loads_config(text, source=str(p), base_dir=p.parent, check=check)
+    if p.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{p}: {p.stat().st_size} bytes is too big for a run configuration (max {MAX_CONFIG_BYTES})"
+        )
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{p}: not UTF-8 text (byte {exc.start}: {exc.reason}); TOML files are UTF-8"
+        ) from None
+    return loads_config(text, source=str(p), base_dir=p.parent, check=check, allow_imports=allow_imports)
 
 
 def loads_config(
-    text: str, source: str = "<config>", base_dir: Path | None = None, check: bool = True
+    text: str,
+    source: str = "<config>",
+    base_dir: Path | None = None,
+    check: bool = True,
+    allow_imports: bool = True,
 ) -> RunConfig:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+        raise ConfigError(f"{source}: invalid TOML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: invalid TOML: nested too deeply") from None
     cfg = parse_config(data, source, base_dir)
     cfg.text = text
+    cfg.allow_imports = allow_imports
     if check:
         check_names(cfg)
     return cfg
 
 
 def check_names(cfg: RunConfig) -> None:
-    """Check every model, method, scheme, protocol, metric and builder name against the components, and each
-    method config against its dataclass. Also resolves methods = "all"."""
-    from ptq3d.harness.components import get_components
+    """Check every model, method, preset, scheme, protocol, metric and builder name against the components,
+    each method config against its dataclass and each builder's options. Also resolves methods = "all"."""
+    from ptq3d.harness.components import check_components_allowed, get_components
 
     src = cfg.source
+    try:
+        check_components_allowed(cfg.components, cfg.allow_imports)
+    except UserError as exc:
+        raise ConfigError(f"{src}: [run].components: {exc}") from None
     comp = get_components(cfg.components)
 
     def known(kind: str, where: str, name: str, names: list[str]) -> None:
@@ -413,17 +594,20 @@ def check_names(cfg: RunConfig) -> None:
         cfg.methods = [MethodRef(n) for n in comp.list_methods()]
     methods = comp.list_methods() + [FP_METHOD]
     for i, m in enumerate(cfg.methods):
+        if m.name not in methods:
+            try:  # a plugin that failed to load: its own error, not "unknown method"
+                comp.check_method_config(m.name, {})
+            except UserError as exc:
+                raise ConfigError(f"{src}: [[methods]][{i}].name: {exc}") from None
         known("method", f"[[methods]][{i}].name", m.name, methods)
-        try:
-            comp.check_method_config(m.name, m.config)
-        except UserError as exc:
-            raise ConfigError(f"{src}: [[methods]][{i}].config: {exc}") from None
     schemes = comp.list_schemes()
     for i, s in enumerate(cfg.schemes):
         try:
             comp.check_scheme(s)
-        except UserError:
-            known("scheme", f"[run].schemes[{i}]", s, schemes)
+        except UserError as exc:
+            if s not in schemes and "unknown scheme" in str(exc):
+                known("scheme", f"[run].schemes[{i}]", s, schemes)
+            raise ConfigError(f"{src}: [run].schemes[{i}] = {s!r}: {exc}") from None
     protocols = comp.list_protocols()
     metrics = comp.list_metrics()
     for i, p in enumerate(cfg.protocols):
@@ -436,38 +620,141 @@ def check_names(cfg: RunConfig) -> None:
             comp.check_alignment(p)
         except UserError as exc:
             raise ConfigError(f"{src}: [[protocols]][{i}].alignment: {exc}") from None
-    cal = cfg.calibration
-    needs = [
-        m
-        for m in cfg.methods
-        if m.name != FP_METHOD and comp.method_needs_calibration(m.name, m.config, None)
-    ]
-    if needs:
+    if cfg.calibration.protocol:
+        known("protocol", "[calibration].protocol", cfg.calibration.protocol, protocols)
+    builders = comp.list_calibration_builders()
+    for i, m in enumerate(cfg.methods):
+        if m.name == FP_METHOD:
+            continue
+        where = f"[[methods]][{i}]"
+        plan = plan_method(cfg, comp, i, m)  # checks the preset and the config
+        own = cfg.method_settings.get(m.display, MethodSettings()).calibration
+        cwhere = (
+            f"{where}.calibration" if own is not None and own.explicit & {"protocol"} else "[calibration]"
+        )
+        if not any(comp.method_needs_calibration(m.name, plan.ref.config, s) for s in cfg.schemes or [None]):
+            continue
+        cal = plan.calibration
         if not cal.protocol:
             raise ConfigError(
-                f"{src}: [calibration].protocol is required: method '{needs[0].name}' calibrates "
+                f"{src}: [calibration].protocol is required: method '{m.name}' calibrates "
                 f"(known protocols: {', '.join(protocols)})"
             )
-        known("protocol", "[calibration].protocol", cal.protocol, protocols)
+        known("protocol", f"{cwhere}.protocol", cal.protocol, protocols)
         if cal.root is None and comp.protocol_needs_root(cal.protocol):
-            raise ConfigError(f"{src}: [calibration]: protocol '{cal.protocol}' needs a data 'root'")
-        for i, b in enumerate(cal.builders):
-            known("calibration builder", f"[calibration].builders[{i}]", b, comp.list_calibration_builders())
+            raise ConfigError(f"{src}: {cwhere}: protocol '{cal.protocol}' needs a data 'root'")
+        frames = comp.protocol_frames(cal.protocol)
+        if cal.frames is not None and frames is not None and cal.frames > frames:
+            raise ConfigError(
+                f"{src}: {where} ({m.display}): calibration frames = {cal.frames} but protocol "
+                f"'{cal.protocol}' has {frames} frames per scene"
+            )
+        for j, b in enumerate(cal.builders):
+            known("calibration builder", f"{where} ({m.display}) calibration builders[{j}]", b, builders)
+            try:
+                comp.check_builder_options(b, cal.options)
+            except UserError as exc:
+                raise ConfigError(f"{src}: {where} ({m.display}) calibration options: {exc}") from None
 
 
 # --- the grid -------------------------------------------------------------------------------------------
+
+# the keys of a method's CALIBRATION_DEFAULTS the harness reads, and where each lands
+_CAL_DEFAULT_KEYS = (
+    "builder",
+    "builders",
+    "num_scenes",
+    "frames",
+    "seeds",
+    "limit",
+    "options",
+    "builder_options",
+)
+
+
+def plan_method(cfg: RunConfig, comp: Any, index: int, ref: MethodRef) -> MethodPlan:
+    """Resolve one method's config, scope and calibration (precedence in the module docstring)."""
+    src, where = cfg.source, f"[[methods]][{index}]"
+    try:
+        presets = comp.method_presets(ref.name)
+        if ref.preset not in presets:
+            from ptq3d.errors import unknown_name_error
+
+            raise unknown_name_error(f"preset of method '{ref.name}'", ref.preset, presets)
+        defaults = dict(comp.method_calibration_defaults(ref.name, ref.preset))
+    except UserError as exc:
+        raise ConfigError(f"{src}: {where}.preset ({ref.display}): {exc}") from None
+    unknown = set(defaults) - set(_CAL_DEFAULT_KEYS) - {"epochs", "scope"}
+    if unknown:
+        raise ConfigError(
+            f"{src}: {where}: method '{ref.name}' preset '{ref.preset}': its CALIBRATION_DEFAULTS has unknown "
+            f"keys {sorted(unknown)}"
+        )
+    extra = {"epochs": defaults["epochs"]} if "epochs" in defaults else {}
+    try:
+        config = comp.resolve_method_config(ref.name, ref.preset, dict(ref.config), extra)
+    except UserError as exc:
+        raise ConfigError(f"{src}: {where}.config ({ref.display}): {exc}") from None
+    own = cfg.method_settings.get(ref.display, MethodSettings())
+    glob = cfg.calibration
+    mine = own.calibration or CalibrationConfig()
+    if "builder_options" in defaults:
+        defaults["options"] = defaults.pop("builder_options")
+    if "builder" in defaults:
+        defaults["builders"] = [defaults.pop("builder")]
+
+    def pick(key: str) -> Any:
+        if key in mine.explicit:
+            return getattr(mine, key)
+        if key in glob.explicit:
+            return getattr(glob, key)
+        if key in defaults:
+            return defaults[key]
+        return getattr(CalibrationConfig(), key)
+
+    builders = list(pick("builders"))
+    options: dict[str, Any] = {}
+    if defaults.get("builders") == builders[:1]:  # the method's own builder options go with its own builder
+        options.update(defaults.get("options", {}))
+    for layer in (glob, mine):
+        if "options" in layer.explicit:
+            options.update(layer.options)
+    protocol, root = (mine.protocol, mine.root) if "protocol" in mine.explicit else (glob.protocol, glob.root)
+    calibration = CalibrationConfig(
+        protocol=protocol,
+        root=root,
+        builders=builders,
+        num_scenes=int(pick("num_scenes")),
+        seeds=list(pick("seeds")),
+        limit=pick("limit") or None,
+        frames=pick("frames"),
+        options=options,
+        explicit=mine.explicit | glob.explicit,
+    )
+    if own.scope is not None:
+        scope = own.scope
+    elif "scope" in cfg.eval_explicit:
+        scope = cfg.eval.scope
+    else:
+        scope = defaults.get("scope", cfg.eval.scope)
+    if scope not in SCOPES:
+        raise ConfigError(
+            f"{src}: {where} ({ref.display}): scope {scope!r}: allowed values are {', '.join(SCOPES)}"
+        )
+    return MethodPlan(dataclasses.replace(ref, config=config), scope, calibration)
 
 
 def expand(cfg: RunConfig) -> list[CellSpec]:
     """All cells, in order model > protocol > (FP reference) > method > scheme > builder > seed.
 
-    Methods whose results depend on calibration data get every builder x seed. The others get one cell per
-    scheme, still with a calibration set (first builder, first seed) when [calibration] names a protocol:
-    methods may use it for diagnostics (per-block error) or optional statistics."""
+    Each method runs with its own plan (plan_method): its scope, builder(s), calibration size, frames and
+    seeds. Methods whose results depend on calibration data get each of their builders x seeds (one builder,
+    unless a builders list asks for an ablation). The others get one cell per scheme, still with a calibration
+    set (first builder, first seed) when a calibration protocol is named: methods may use it for diagnostics
+    (per-block error) or optional statistics."""
     from ptq3d.harness.components import get_components
 
     comp = get_components(cfg.components)
-    cal = cfg.calibration
     cells: list[CellSpec] = []
     seen: set[str] = set()
 
@@ -477,23 +764,42 @@ def expand(cfg: RunConfig) -> list[CellSpec]:
             cells.append(spec)
 
     methods = [m for m in cfg.methods if m.name != "*all*"]
+    plans = [plan_method(cfg, comp, i, m) for i, m in enumerate(methods) if m.name != FP_METHOD]
+
+    def calib(cal: CalibrationConfig, builder: str, seed: int) -> CalibRef:
+        return CalibRef(
+            builder,
+            cal.protocol or "",
+            cal.root,
+            cal.num_scenes,
+            seed,
+            cal.limit,
+            cal.frames,
+            dict(cal.options),
+        )
+
     for model, protocol in itertools.product(cfg.models, cfg.protocols):
         if cfg.reference or any(m.name == FP_METHOD for m in methods):
             fp = next((m for m in methods if m.name == FP_METHOD), MethodRef(FP_METHOD, "FP"))
             add(CellSpec(model, fp, FP_SCHEME, protocol, None, cfg.eval, cfg.components))
-        for method in methods:
-            if method.name == FP_METHOD:
-                continue
+        for plan in plans:
+            method, cal = plan.ref, plan.calibration
+            options = dataclasses.replace(cfg.eval, scope=plan.scope)
             for scheme in cfg.schemes:
                 if not comp.method_needs_calibration(method.name, method.config, scheme):
-                    ref = None
-                    if cal.protocol:
-                        ref = CalibRef(
-                            cal.builders[0], cal.protocol, cal.root, cal.num_scenes, cal.seeds[0], cal.limit
-                        )
-                    add(CellSpec(model, method, scheme, protocol, ref, cfg.eval, cfg.components))
+                    ref = calib(cal, cal.builders[0], cal.seeds[0]) if cal.protocol else None
+                    add(CellSpec(model, method, scheme, protocol, ref, options, cfg.components))
                     continue
                 for builder, seed in itertools.product(cal.builders, cal.seeds):
-                    ref = CalibRef(builder, cal.protocol or "", cal.root, cal.num_scenes, seed, cal.limit)
-                    add(CellSpec(model, method, scheme, protocol, ref, cfg.eval, cfg.components))
+                    add(
+                        CellSpec(
+                            model,
+                            method,
+                            scheme,
+                            protocol,
+                            calib(cal, builder, seed),
+                            options,
+                            cfg.components,
+                        )
+                    )
     return cells

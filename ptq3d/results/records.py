@@ -120,7 +120,8 @@ class EvalOptions:
     emulated integer backend; a backend error is noted on the stage and the cell stays ok), "emulated",
     "triton" or "none" (explicit backends fail the cell on error); bench: run the bench stage; bench_warmup/bench_repeats: latency timing;
     device: "auto" | "cpu" | "cuda"; outlier_stats: collect activation outlier statistics; threads: torch
-    intra-op threads (0 = leave as is)."""
+    intra-op threads (0 = leave as is); precision: "fp32" | "bf16-autocast" of every evaluation forward pass
+    (ptq3d.models.base.eval_precision; calibration always runs in float32)."""
 
     scope: str = "aggregator"
     real_backend: str = "auto"
@@ -130,6 +131,7 @@ class EvalOptions:
     device: str = "auto"
     outlier_stats: bool = True
     threads: int = 0
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)

@@ -30,3 +30,20 @@ def test_default_suite_runs(tmp_path, capsys, monkeypatch):
     assert ("fp", "fp32", "ok", "") in rows
     assert all(reason for _, _, status, reason in rows if status != "ok")  # failures say why
     assert (run_dir / "config.toml").is_file() and (run_dir / "reports" / "report.tex").is_file()
+
+
+@pytest.mark.parametrize(
+    "paper, epochs, expect_cal, expect_cfg",
+    [
+        ({"num_scenes": 64, "frames": 4, "epochs": 15}, True, {"num_scenes": 4, "frames": 4}, {"epochs": 1}),
+        ({"num_scenes": 40, "frames": 10}, False, {"num_scenes": 4, "frames": 4}, {}),
+        ({"num_scenes": 8, "frames": 10}, False, {"num_scenes": 2, "frames": 4}, {}),
+        ({"num_scenes": 24}, False, {"num_scenes": 3}, {}),
+        ({"builder": "random"}, False, {"num_scenes": 4}, {}),
+    ],
+)
+def test_paper_settings_are_scaled_to_the_tiny_pool(paper, epochs, expect_cal, expect_cfg):
+    from ptq3d.harness.default_suite import CALIBRATION_SEEDS, scale_to_tiny
+
+    cal, cfg = scale_to_tiny(paper, epochs)
+    assert cal == {**expect_cal, "seeds": list(CALIBRATION_SEEDS)} and cfg == expect_cfg

@@ -1,7 +1,15 @@
 """`ptq3d run [CONFIG]`: run a grid of cells into a results store, write the reports, print the leaderboard.
 
 Without CONFIG it runs the embedded default benchmark (ptq3d.harness.default_suite) into
-./ptq3d-runs/<timestamp>/. Running the same CONFIG again resumes: finished cells are skipped.
+./ptq3d-runs/<timestamp>/. Running the same CONFIG again resumes: finished cells are skipped, except those whose
+inputs changed (checkpoint or dataset files, method code version, settings): they are named and recomputed.
+
+Exit codes:
+  0    every cell finished ok
+  2    bad input, stopped before or between cells (config, names, paths, a corrupt store, a full disk);
+       one line says what and how to go on; every cell finished before it is stored
+  3    the run finished, and some cells failed (each is listed with its stage and reason; all are stored)
+  130  interrupted (Ctrl-C): finished cells are stored; rerun the same command to resume
 """
 
 from __future__ import annotations
@@ -38,6 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-report", action="store_true", help="do not write the reports")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--allow-imports",
+        action="store_true",
+        help='let [run].components = "module:attr" import its module (a config file is not code otherwise)',
+    )
     p.set_defaults(func=handle)
 
 
@@ -50,31 +63,56 @@ def handle(args: argparse.Namespace) -> int:
     from ptq3d.results.read import load_results
 
     if args.config:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, allow_imports=args.allow_imports)
     else:
         from ptq3d.harness.default_suite import default_config
 
         cfg = default_config(args.out)
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        from ptq3d.errors import UserError
+
+        raise UserError(f"--out '{args.out}' is an existing file, not a directory")
     if args.out:
         cfg.output_dir = str(Path(args.out))
         if not args.cache_dir:
             cfg.cache_dir = str(Path(args.out) / "cache")
     if args.cache_dir:
         cfg.cache_dir = args.cache_dir
+    from ptq3d.errors import UserError
+    from ptq3d.harness import identity
+    from ptq3d.harness.fpcache import atomic_write
+    from ptq3d.harness.sweep import STORE_NAME
+
     out_dir = Path(cfg.output_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"output directory '{out_dir}' is an existing file")
+    notes = identity.prepare(cfg)  # content-addressed cell ids, unique labels, normalised schemes
     out_dir.mkdir(parents=True, exist_ok=True)
     saved = out_dir / "config.toml"
     if (
         cfg.text and not saved.exists()
     ):  # what ran, next to its results (`ptq3d run <dir>/config.toml` resumes)
-        saved.write_text(cfg.text)
+        atomic_write(saved, cfg.text.encode())
+    for note in notes:
+        print(f"note: {note}")
+    for line in identity.mark_changed(out_dir / STORE_NAME, cfg.cells()):
+        print(line)
     progress = not args.no_progress and sys.stderr.isatty()
     executor = make_executor(
         args.executor, args.workers, progress=progress, ray=cfg.ray, address=args.address
     )
     n = len(cfg.cells())
     print(f"ptq3d run: {cfg.name}: {n} cells -> {cfg.output_dir}", flush=True)
-    summary = run_grid(cfg, executor=executor, retry_failed=args.retry_failed, progress=progress)
+    try:
+        summary = run_grid(cfg, executor=executor, retry_failed=args.retry_failed, progress=progress)
+    except KeyboardInterrupt:
+        again = " ".join(["ptq3d run", *([args.config] if args.config else []), "--out", str(out_dir)])
+        print(
+            f"ptq3d run: interrupted; the finished cells are stored in {out_dir / STORE_NAME}; "
+            f"resume with: {again}",
+            file=sys.stderr,
+        )
+        return 130
     print(
         f"ran {summary.ran} cells, skipped {summary.skipped} finished, {len(summary.failed)} failed "
         f"in {summary.wall_s:.1f} s (FP passes {summary.counters.get('fp_passes', 0)}, "
@@ -91,4 +129,14 @@ def handle(args: argparse.Namespace) -> int:
         )
         print(f"report: {paths['html']}")
         print(f"tables: {paths['md']}, {paths['tex']}, {paths['csv']}")
+    from ptq3d.results.store import ResultsStore
+
+    with ResultsStore(summary.store_path, readonly=True) as store:  # failures of earlier invocations count too
+        failed = store.cell_ids("failed") & {c.cell_id for c in cfg.cells()}
+    if failed:
+        print(
+            f"ptq3d run: {len(failed)} cells of this grid failed ({len(summary.failed)} in this invocation; "
+            "stored with stage and reason, never ranked; --retry-failed reruns them): exit code 3"
+        )
+        return 3
     return 0
