@@ -8,7 +8,8 @@ From a candidate pool of scenes (each [S, 3, H, W]) and the FP model:
 2. Noise filter.
    - "zscore" (paper): score_i = sum_j ((m_ij - mu_j) / (sigma_j + eps))^2 + sum_j ((s_ij - nu_j) / (tau_j + eps))^2
      over the pool; keep score_i <= T, T the (1 - p) quantile (p = `drop_fraction` = 0.2).
-   - "iqr" (authors' code, make_calibation.py): a sample is dropped if any m_ij or s_ij lies outside
+   - "iqr" (authors' code, make_calibation.py): a sample is dropped if any m_ij or standard deviation
+     sqrt(s_ij) (the code's statistic; the fences are not invariant under the square root) lies outside
      [Q1 - k IQR, Q3 + k IQR] (k = 1.5) of its group (meta[`group_key`], e.g. the CO3D category; groups of
      fewer than 4 are not filtered). The code computes this but clusters all samples anyway (notes §2.10
      item 1); here the filter is applied.
@@ -156,16 +157,18 @@ def zscore_filter(
 def iqr_filter(
     means: np.ndarray, variances: np.ndarray, groups: Sequence[Any], k: float = 1.5, min_group: int = 4
 ) -> tuple[np.ndarray, list[list[str]]]:
-    """(keep mask [N], reasons per sample). A sample is dropped if any deep-layer mean or variance lies
-    outside [Q1 - k IQR, Q3 + k IQR] of its group (groups smaller than min_group are not filtered)."""
+    """(keep mask [N], reasons per sample). A sample is dropped if any deep-layer mean or standard deviation
+    (sqrt of `variances`, as the authors' code) lies outside [Q1 - k IQR, Q3 + k IQR] of its group (groups
+    smaller than min_group are not filtered)."""
     n = len(means)
+    stds = np.sqrt(np.maximum(np.asarray(variances, dtype=np.float64), 0.0))
     reasons: list[list[str]] = [[] for _ in range(n)]
     groups = list(groups)
     for g in dict.fromkeys(groups):
         idx = np.array([i for i in range(n) if groups[i] == g])
         if len(idx) < min_group:
             continue
-        for what, vals in (("mean", means[idx]), ("var", variances[idx])):
+        for what, vals in (("mean", means[idx]), ("std", stds[idx])):
             q1, q3 = np.percentile(vals, [25, 75], axis=0)
             lo, hi = q1 - k * (q3 - q1), q3 + k * (q3 - q1)
             for row, i in enumerate(idx):

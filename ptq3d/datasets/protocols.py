@@ -520,10 +520,12 @@ def _published() -> list[Protocol]:
     from ptq3d.datasets.sevenscenes import TEST_SEQUENCES
 
     seven = tuple(f"{s}/{q}" for s, qs in TEST_SEQUENCES.items() for q in qs)
+    # version 2: pose AUC pooled per category, then averaged over categories (VGGT test_co3d.py; was per sequence)
     co3d_common = dict(
-        version=1, dataset="co3d", scenes=SEEN_CATEGORIES, split="test", sampling="random", frames_per_scene=10,
+        version=2, dataset="co3d", scenes=SEEN_CATEGORIES, split="test", sampling="random", frames_per_scene=10,
         seed=0, seed_scope="protocol", min_scene_frames=50, resolution=518, preprocessing="crop",
-        options=(("subset", "fewview_dev"), ("min_viewpoint_quality", 0.5), ("max_translation_sum", 1e5)),
+        options=(("subset", "fewview_dev"), ("min_viewpoint_quality", 0.5), ("max_translation_sum", 1e5),
+                 ("pose_aggregation", "category")),
     )  # fmt: skip
     seven_common = dict(version=1, dataset="7scenes", scenes=seven, split="test", sampling="stride",
                         resolution=518, preprocessing="crop", options=(("depth_source", "auto"),))  # fmt: skip

@@ -128,6 +128,11 @@ class Components:
     def check_alignment(self, ref: ProtocolRef) -> None:
         """Raise UserError if the protocol's alignment preset / options are invalid."""
 
+    def check_protocol_data(self, ref: ProtocolRef) -> list[str]:
+        """One line per problem with the protocol's data (root missing or unreadable, a listed scene absent, an
+        unknown scene in ref.scenes); [] when fine. Raises UserError for a scene subset the protocol lacks."""
+        return []
+
     # --- models ----------------------------------------------------------------------------------------
     def load_model(self, ref: ModelRef, device: str) -> Any:
         raise NotImplementedError
@@ -182,10 +187,16 @@ class Components:
         raise NotImplementedError
 
     def aggregate(
-        self, per_scene: list[dict[str, float]], metrics: Sequence[str]
+        self, per_scene: list[dict[str, float]], metrics: Sequence[str], groups: Sequence[str] | None = None
     ) -> dict[str, tuple[float, float]]:
-        """Per-scene values -> {metric: (value, standard error over scenes)}."""
+        """Per-scene values -> {metric: (value, standard error over scenes)}; groups: one label per scene
+        (`scene_groups`) for metrics the protocol aggregates per group, or None."""
         raise NotImplementedError
+
+    def scene_groups(self, ref: ProtocolRef, scenes: list[Any]) -> list[str] | None:
+        """The group label of every scene where the protocol aggregates per group (CO3D pose AUC per category,
+        as VGGT and QuantVGGT compute it), else None."""
+        return None
 
     # --- calibration and quantization ------------------------------------------------------------------
     def build_calibration(self, ref: CalibRef, pool: list[Any], model: Any = None) -> Any:

@@ -127,6 +127,7 @@ _PROTOCOL_KEYS = {
     "metrics": list,
     "alignment": str,
     "alignment_options": dict,
+    "scenes": list,
 }
 _CALIB_KEYS = {
     "protocol": str,
@@ -473,6 +474,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
         if "limit" in p and p["limit"] < 1:
             raise ConfigError(f"{src}: {where}.limit = {p['limit']}: must be >= 1")
         metrics = tuple(_str_list(src, f"{where}.metrics", p["metrics"])) if "metrics" in p else None
+        scenes = tuple(_str_list(src, f"{where}.scenes", p["scenes"])) if "scenes" in p else None
         protocols.append(
             ProtocolRef(
                 p["name"],
@@ -481,6 +483,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
                 metrics,
                 p.get("alignment"),
                 dict(p.get("alignment_options", {})),
+                scenes=scenes,
             )
         )
 
@@ -620,6 +623,12 @@ def check_names(cfg: RunConfig) -> None:
             comp.check_alignment(p)
         except UserError as exc:
             raise ConfigError(f"{src}: [[protocols]][{i}].alignment: {exc}") from None
+        try:
+            problems = comp.check_protocol_data(p)
+        except UserError as exc:
+            raise ConfigError(f"{src}: [[protocols]][{i}]: {exc}") from None
+        if problems:
+            raise ConfigError(f"{src}: [[protocols]][{i}]: " + "; ".join(problems))
     if cfg.calibration.protocol:
         known("protocol", "[calibration].protocol", cfg.calibration.protocol, protocols)
     builders = comp.list_calibration_builders()

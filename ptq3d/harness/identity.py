@@ -228,6 +228,7 @@ def prepare(cfg: Any) -> list[str]:
 
         cal.data_hash = data_hash(comp, ProtocolRef(cal.protocol, cal.root, cal.limit))
     check_rows(cfg.cells(), cfg.source)
+    cfg.identity_prepared = True  # run_grid does not prepare again
     return notes
 
 

@@ -456,7 +456,14 @@ class RealComponents(Components):
         from ptq3d.datasets import get_protocol
 
         p = get_protocol(ref.name)
+        if getattr(ref, "scenes", None):
+            p = p.restrict(ref.scenes)
         return p.with_limit(ref.limit) if ref.limit else p
+
+    def check_protocol_data(self, ref: ProtocolRef) -> list[str]:
+        from ptq3d.datasets.protocols import check_roots
+
+        return check_roots(self._protocol(ref), ref.root)
 
     def load_scenes(self, ref: ProtocolRef) -> list[Any]:
         from ptq3d.datasets import load_protocol_scenes
@@ -504,10 +511,20 @@ class RealComponents(Components):
 
         return evaluate_scene(pred.to("cpu"), scene, list(metrics), self._policy(ref))
 
-    def aggregate(self, per_scene, metrics) -> dict[str, tuple[float, float]]:
+    def aggregate(self, per_scene, metrics, groups=None) -> dict[str, tuple[float, float]]:
         from ptq3d.metrics import aggregate
 
-        return aggregate(per_scene, list(metrics))
+        return aggregate(per_scene, list(metrics), groups=groups)
+
+    def scene_groups(self, ref: ProtocolRef, scenes: list[Any]) -> list[str] | None:
+        from ptq3d.metrics import scene_groups
+
+        grouping = dict(self._protocol(ref).options).get("pose_aggregation", "scene")
+        if grouping == "scene":
+            return None
+        if grouping != "category":
+            raise ConfigError(f"protocol '{ref.name}': pose_aggregation {grouping!r} is not 'scene' or 'category'")
+        return scene_groups(scenes)
 
     # --- calibration and quantization ------------------------------------------------------------------
     def build_calibration(self, ref: CalibRef, pool: list[Any], model: Any = None) -> Any:

@@ -165,7 +165,7 @@ class _Cell:
                 self.result.metrics.append(MetricRow(stage, scene, metric, float(value)))
         for scene, values in zip(names, per_scene, strict=True):
             self.check_metrics(stage, scene, values)
-        agg = self.comp.aggregate(per_scene, self.metrics)
+        agg = self.comp.aggregate(per_scene, self.metrics, groups=getattr(self, "groups", None))
         for metric in self.metrics:
             if metric not in agg or not math.isfinite(float(agg[metric][0])):
                 raise CellFailure(
@@ -206,6 +206,7 @@ class _Cell:
             self.scene_names = _unique_names(comp, self.scenes)
             self.scene_hashes = [comp.scene_hash(s) for s in self.scenes]
             self.protocol_hash = comp.protocol_hash(spec.protocol)
+            self.groups = comp.scene_groups(spec.protocol, self.scenes)
             self.metrics = comp.metric_names(spec.protocol)
             self.metrics_key = short_hash(
                 {

@@ -7,6 +7,7 @@ skipped, unless retry_failed, which reruns the failed ones.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from ptq3d.harness.config import RunConfig
 from ptq3d.harness.executors import Executor, InProcessExecutor
 from ptq3d.results.records import CellResult
 from ptq3d.results.store import ResultsStore
+
+log = logging.getLogger(__name__)
 
 STORE_NAME = "results.sqlite"
 
@@ -47,6 +50,11 @@ def run_grid(
     """Run every cell of `cfg` that `store_path` (default <output_dir>/results.sqlite) does not have yet."""
     t0 = time.perf_counter()
     store_path = Path(store_path) if store_path else Path(cfg.output_dir) / STORE_NAME
+    if not getattr(cfg, "identity_prepared", False):  # `ptq3d run` prepares (and prints) itself
+        from ptq3d.harness import identity
+
+        for line in identity.prepare(cfg) + identity.mark_changed(store_path, cfg.cells()):
+            log.warning(line)
     executor = executor or InProcessExecutor(progress=progress)
     cells = cfg.cells()
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:8]

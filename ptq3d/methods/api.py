@@ -4,7 +4,8 @@ On-disk format of a quantized model (a directory):
 - model.safetensors: the full state_dict of the quantized nn.Module (QuantLinear codes int8, qparams,
   transforms' buffers, every FP parameter, including norms changed by SmoothQuant folding);
 - manifest.json: format tag, model name, method, scheme, config, scope, calibration description and hash,
-  the coverage manifest (per quantized site: block, kind, bits, granularity, transform, and the layer
+  the preset, the effective format (`effective_format`: what the weights / activations really are), the
+  coverage manifest (per quantized site: block, kind, bits, granularity, transform, and the layer
   config needed to rebuild it; the linears left FP; what else stays FP), the calibration statistics and
   the SHA-256 of model.safetensors.
 load_quantized rebuilds the model (ptq3d.models.load_model(name) unless one is given), swaps in empty
@@ -107,8 +108,106 @@ def _config_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config or {})
 
 
+def _weight_granularity(q: QuantLinear) -> str:
+    """What the weight scales really are: a "channel" spec whose rows share a few scales (TAPTQ's qkv with one
+    interval each for q, k, v) is per-tensor in effect."""
+    g = q.weight_spec.granularity
+    if g == "group":
+        return f"per-group{q.weight_spec.group_size}"
+    if g == "tensor":
+        return "per-tensor"
+    distinct = int(torch.unique(q.weight_scale.detach().reshape(-1)).numel())
+    if q.weight_scale.shape[0] > 3 and distinct <= 3:
+        return "per-tensor"
+    return "per-channel"
+
+
+def _act_format(q: QuantLinear) -> str:
+    spec = q.act_spec
+    if spec is None:
+        return "fp"
+    return ("dynamic" if spec.dynamic else "static") + " per-" + spec.granularity
+
+
+def _majority(values: list[str]) -> str:
+    return max(dict.fromkeys(values), key=values.count) if values else "none"
+
+
+def effective_format(module: nn.Module, sites: dict[str, Any], fp_linears: list[str]) -> dict[str, Any]:
+    """The format the quantized model really uses (for reports next to the scheme name).
+
+    weight: the granularity most sites use ("per-channel", "per-tensor", "per-group128", "per-tensor x3 row
+    blocks", ...); act: "dynamic per-token", "static per-tensor", "fp"; extras: what else differs from a plain
+    quantized linear: twin post-GELU activation quantizers, input transforms (online or folded), low-rank
+    compensation branches, FP-kept linears in the model, sites whose format differs from the majority.
+    short: one line, e.g. "W4 per-tensor / A8 static per-tensor + twin fc2 + compensation".
+    """
+    qls = {n: m for n, m in module.named_modules() if isinstance(m, QuantLinear)}
+    if not qls:
+        return {"weight": "fp", "act": "fp", "extras": [], "short": "FP"}
+    wg = {n: _weight_granularity(q) for n, q in qls.items()}
+    ag = {n: _act_format(q) for n, q in qls.items()}
+    weight, act = _majority(list(wg.values())), _majority(list(ag.values()))
+    extras: list[str] = []
+    blocks = sorted(
+        {
+            int(torch.unique(q.weight_scale.reshape(-1)).numel())
+            for n, q in qls.items()
+            if wg[n] == "per-tensor" and q.weight_spec.granularity == "channel"
+        }
+        - {1}
+    )
+    if blocks:
+        extras.append(
+            "per-tensor weights with " + "/".join(map(str, blocks)) + " row blocks on some sites (qkv)"
+        )
+    twin = sorted(
+        {n.rpartition(".")[2] for n, q in qls.items() if "twin" in str(q.config().get("act_quantizer", ""))}
+    )
+    if twin:
+        extras.append("twin post-GELU " + ", ".join(twin))
+    kinds = sorted({str(v["transform"]) for v in sites.values() if v.get("transform")})
+    if kinds:
+        extras.append("input transform " + ", ".join(kinds))
+    rot = [n for n, m in module.named_modules() if type(m).__name__ == "ResidualRotation"]
+    if rot:
+        extras.append(f"residual-stream rotation ({len(rot)} blocks)")
+    comp = [n for n, m in module.named_modules() if type(m).__name__ == "LowRankCompensation"]
+    if comp:
+        extras.append(f"low-rank compensation ({len(comp)} modules)")
+    odd_w = sorted(n for n, g in wg.items() if g != weight)
+    odd_a = sorted(n for n, g in ag.items() if g != act)
+    if odd_w:
+        extras.append(f"{len(odd_w)} sites with other weight granularity")
+    if odd_a:
+        extras.append(f"{len(odd_a)} sites with other activation format")
+    if fp_linears:
+        extras.append(f"{len(fp_linears)} linears FP")
+    bits_w = _majority([str(q.weight_spec.bits) for q in qls.values()])
+    bits_a = _majority([str(q.act_spec.bits) if q.act_spec is not None else "16" for q in qls.values()])
+    short = f"W{bits_w} {weight} / " + (f"A{bits_a} {act}" if act != "fp" else "A16")
+    if twin:
+        short += " + twin"
+    if comp:
+        short += " + compensation"
+    return {
+        "weight": weight,
+        "act": act,
+        "extras": extras,
+        "short": short,
+        "sites_other_weight": odd_w,
+        "sites_other_act": odd_a,
+    }
+
+
 def build_manifest(
-    model: Any, scope: str, method: str, scheme: Scheme, config: Any, calibration: CalibrationSet | None
+    model: Any,
+    scope: str,
+    method: str,
+    scheme: Scheme,
+    config: Any,
+    calibration: CalibrationSet | None,
+    preset: str = "paper",
 ) -> dict[str, Any]:
     """The coverage manifest of a quantized model (see module docstring)."""
     blocks = {b.name: b for b in model.blocks(scope)}
@@ -138,7 +237,9 @@ def build_manifest(
         "method": method,
         "scheme": scheme.to_dict(),
         "config": _config_dict(config),
+        "preset": preset,
         "scope": scope,
+        "effective_format": effective_format(model.module, sites, fp_linears),
         "calibration": None if calibration is None else calibration.describe(),
         "sites": sites,
         "fp_linears": fp_linears,
@@ -171,15 +272,18 @@ def quantize_model(
     *,
     progress: bool = False,
     inplace: bool = False,
+    preset: str = "paper",
 ) -> QuantizedModel:
     """Quantize `model` (GeometryModel) with registered `method` at `scheme` (name like "w4a8" or a Scheme).
 
     calibration: required by calibrating methods (and by any method with static activations).
     config: dict (unknown keys are errors) or the method's config dataclass. scope: "aggregator" | "all".
     The input model is left untouched unless inplace=True (it is deep-copied). progress: tqdm per block.
+    preset: the method's preset ("paper" default, "code" where the authors' release differs; MethodSpec.presets)
+    applied before the explicit config keys; recorded in the manifest with the effective format.
     """
     spec = get_method(method)
-    cfg = spec.make_config(config)
+    cfg = spec.make_config(config, preset=preset)
     if scheme is None:
         if method != "fp":
             raise ConfigError(f"method '{method}' needs a scheme (e.g. w8a8, w4a8)")
@@ -217,7 +321,7 @@ def quantize_model(
         pm.cuda_peak_bytes,
     )
     st.num_calibration_samples = 0 if calibration is None else len(calibration)
-    manifest = build_manifest(target, scope, method, scheme_obj, cfg, calibration)
+    manifest = build_manifest(target, scope, method, scheme_obj, cfg, calibration, preset)
     return QuantizedModel(
         target, manifest, st, method, scheme_obj, cfg, None if calibration is None else calibration.hash
     )

@@ -19,6 +19,10 @@ Step 2, channel weights (`channel_weights`, FGQ's `load_fisher_weights`, Eqs. 12
 Step 3, Fisher-weighted block reconstruction: FlatQuant's loss becomes mean_{t,c} w_l[c] (h~ - h)^2, divided by
 its detached value before backward (FGQ's code; `normalize_loss`). The transforms are FlatQuant's, unchanged.
 
+Presets: "paper" (default; Fisher over all calibration scenes, 64 x 4 frames, as the third-party notes of the
+paper state) and "code" (ypzhng/FGQ bfd01a7: the Fisher from 32 of the 64 clips, the README's setting).
+Both: 15 epochs, aggregator scope, random builder (CALIBRATION_DEFAULTS).
+
 Ablations (the paper's Table 5): `use_fisher=False` (plain FlatQuant objective with FGQ's loss normalisation),
 `tasks=("points",)` (single task), `tasks=("points", "depth")`, all three (default). The Fisher of all three
 tasks is always computed and kept (so it can be inspected and plotted); `tasks` picks which enter the weights.
@@ -36,7 +40,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -388,6 +392,12 @@ class FGQConfig(FlatQuantConfig):
     normalize_loss: FGQ divides the loss by its detached value (default True here).
     """
 
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"paper": {}, "code": {"fisher_samples": 32}}
+    CALIBRATION_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": {"builder": "random", "num_scenes": 64, "frames": 4, "epochs": 15, "scope": "aggregator"},
+        "code": {"builder": "random", "num_scenes": 64, "frames": 4, "epochs": 15, "scope": "aggregator"},
+    }
+
     use_fisher: bool = True
     tasks: tuple[str, ...] = TASKS
     task_weights: tuple[float, ...] = ()
@@ -431,7 +441,7 @@ def fisher_weights(fisher: FisherResult, config: FGQConfig) -> torch.Tensor:
     return channel_weights(fisher.fisher[idx], lam, config.weight_floor)
 
 
-@register_method("fgq", config=FGQConfig, requires_calibration="always", propagate="fp")
+@register_method("fgq", config=FGQConfig, requires_calibration="always", propagate="fp", version="2")
 def quantize_fgq(model, calibration, scheme, config: FGQConfig, ctx) -> None:
     """FGQ: FlatQuant with a per-task, per-block, per-channel Fisher-weighted reconstruction loss."""
     config.tasks = tuple(config.tasks)

@@ -24,11 +24,15 @@ norm2 -> mlp.fc1 -> GELU -> mlp.fc2), as in FGQ's `apply_flatquant.py`:
   comment says).
 Blocks of another layout (no such names) get a full online transform per linear.
 
-Training per block (FGQ's `calibrate_flatquant_vggt` schedule): AdamW (no weight decay), lr 5e-3 for the
-transforms and diag scales and 10x for the clip factors, linear warm-up then cosine decay to lr * 1e-3,
-`epochs` passes over the calibration scenes in batches of `batch_size` scenes; loss = mean squared error of the
-block output against the FP block output on the same (FP) input, optionally channel-weighted (FGQ) and divided
-by its own detached value (FGQ's gradient normalisation). The quantizers use straight-through rounding; the
+Training per block (FGQ's `calibrate_flatquant_vggt` schedule): AdamW with torch's default weight decay 0.01 (as
+both FlatQuant's and FGQ's code construct it), lr 5e-3 for the transforms and diag scales and 10x for the clip
+factors, linear warm-up then cosine decay to lr * 1e-3, `epochs` passes over the calibration scenes in a fixed
+order (both references iterate the cached samples in order; `shuffle=True` draws a seeded permutation per epoch)
+in batches of `batch_size` scenes; loss = mean squared error of the block output against the FP block output on
+the same (FP) input, optionally channel-weighted (FGQ), divided by its own detached value before backward (both
+FlatQuant's reference and FGQ do this; `normalize_loss=False` drops it).
+LWC clamps the transformed weight to [sigma(a) * min, sigma(a) * max] per row before quantizing with the scale of
+that range (as FlatQuant's and QuantVGGT's weight quantizers do), so weights outside the clipped range saturate. The quantizers use straight-through rounding; the
 trainable forward quantizes exactly as QuantLinear does afterwards (same scale rule, same clip factors).
 Differences from the reference, deliberately: float32 throughout (the reference trains under bf16 autocast);
 the final weights are quantized with the learned LWC clip (the FGQ loader re-applies plain RTN); block chaining
@@ -43,6 +47,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +57,7 @@ from ptq3d.calibration.blockwise import replace_module
 from ptq3d.errors import ConfigError
 from ptq3d.methods.registry import MethodConfig, register_method
 from ptq3d.quant.qlinear import QuantLinear
-from ptq3d.quant.spec import QuantSpec, Scheme, qparams_from_range, quantize
+from ptq3d.quant.spec import QuantSpec, Scheme, _expand, qparams_from_range, quantize
 from ptq3d.quant.transforms import InputTransform
 
 # --- Kronecker algebra ----------------------------------------------------------------------------
@@ -201,11 +206,17 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
 
 
 def fake_quant_ste(
-    x: torch.Tensor, spec: QuantSpec, clip: torch.Tensor | float = 1.0, sym_rule: str = "absmax"
+    x: torch.Tensor,
+    spec: QuantSpec,
+    clip: torch.Tensor | float = 1.0,
+    sym_rule: str = "absmax",
+    clamp: bool = False,
 ):
     """Differentiable fake quantization of x viewed as [rows, cols] (weights [out, in]: rows = output channels;
     activations [..., C]: rows = tokens), with the same qparams as ptq3d.quant.spec (range widened to include 0,
-    multiplied by `clip`: a scalar or [rows, 1]). Straight-through rounding; gradients reach x and clip."""
+    multiplied by `clip`: a scalar or [rows, 1]). clamp: first clamp x to the clipped range [clip * min,
+    clip * max] (LWC as FlatQuant's and QuantVGGT's weight quantizers do it). Straight-through rounding;
+    gradients reach x and clip."""
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
     rows, cols = x2.shape
@@ -221,6 +232,8 @@ def fake_quant_ste(
         clip = clip.unsqueeze(-1)  # [rows, 1, 1]
     xmax = xmax.clamp(min=0) * clip
     xmin = xmin.clamp(max=0) * clip
+    if clamp:
+        g = torch.minimum(torch.maximum(g, xmin), xmax)
     if spec.symmetric:
         amax = torch.maximum(-xmin, xmax)
         scale = amax / spec.qmax if sym_rule == "absmax" else 2 * amax / (2**spec.bits - 1)
@@ -301,7 +314,9 @@ class FlatQuantLinear(nn.Module):
         if self.quantize:
             if self.act_spec is not None:
                 x = fake_quant_ste(x, self.act_spec, self.act_clip())
-            w = fake_quant_ste(w, self.weight_spec, self.weight_clip(), self.sym_rule)
+            w = fake_quant_ste(
+                w, self.weight_spec, self.weight_clip(), self.sym_rule, clamp=self.lwc is not None
+            )
         return F.linear(x, w, b)
 
 
@@ -332,11 +347,19 @@ class FlatQuantConfig(MethodConfig):
     lwc / lac: learnable weight / activation clipping, initial factor sigmoid(clip_init) (4.0 -> 0.982).
     fold: linear -> the norm feeding only it, where d is folded. fold_v: fold the head-dim factor of attn.proj's
     transform into the v rows of attn.qkv. qkv_name / proj_name: the attention linears (relative names).
-    normalize_loss: divide the block loss by its detached value before backward (FGQ's code; FlatQuant: no).
+    normalize_loss: divide the block loss by its detached value before backward (True: FlatQuant's and FGQ's
+        code). weight_decay: AdamW weight decay (0.01: torch's default, which both references use).
+    shuffle: a seeded random sample order per epoch (False: the references' fixed order).
     seed: seed of the random orthogonal initialisation.
     Inherited: act_clip_ratio is the fixed activation clip when lac is off (LAC replaces it otherwise);
     act_static: training uses dynamic per-tensor ranges, the static ranges are observed after materialising.
     """
+
+    PRESETS: ClassVar[dict[str, dict]] = {"paper": {}}
+    # FlatQuant as FGQ's baseline on VGGT: 64 random CO3D clips x 4 frames, 15 epochs, aggregator blocks
+    CALIBRATION_DEFAULTS: ClassVar[dict[str, dict]] = {
+        "paper": {"builder": "random", "num_scenes": 64, "frames": 4, "epochs": 15, "scope": "aggregator"}
+    }
 
     epochs: int = 15
     batch_size: int = 2
@@ -353,7 +376,9 @@ class FlatQuantConfig(MethodConfig):
     fold_v: bool = True
     qkv_name: str = "attn.qkv"
     proj_name: str = "attn.proj"
-    normalize_loss: bool = False
+    normalize_loss: bool = True
+    weight_decay: float = 0.01
+    shuffle: bool = False
     seed: int = 0
 
     def check(self) -> None:
@@ -527,12 +552,12 @@ def train_block(
         groups.append({"params": trans_params, "lr": config.lr})
     if clip_params:
         groups.append({"params": clip_params, "lr": config.lr * config.clip_lr_mult})
-    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    opt = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     warmup = max(1, min(config.warmup_steps, total // 4))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, warmup, config.min_lr_ratio))
     with torch.enable_grad():
         for _ in range(config.epochs):
-            perm = torch.randperm(n, generator=g).tolist()
+            perm = torch.randperm(n, generator=g).tolist() if config.shuffle else list(range(n))
             for i in range(0, n, config.batch_size):
                 idx = perm[i : i + config.batch_size]
                 loss = 0.0
@@ -606,7 +631,10 @@ def materialize_linear(
         xmin, xmax = wprime.min().reshape(1, 1), wprime.max().reshape(1, 1)
     else:
         xmin, xmax = wprime.amin(dim=1, keepdim=True), wprime.amax(dim=1, keepdim=True)
-    scale, zero = qparams_from_range(xmin.clamp(max=0) * clip, xmax.clamp(min=0) * clip, spec, w.sym_rule)
+    lo, hi = xmin.clamp(max=0) * clip, xmax.clamp(min=0) * clip
+    scale, zero = qparams_from_range(lo, hi, spec, w.sym_rule)
+    if w.lwc is not None:  # LWC clamps to the clipped range before rounding (as in training)
+        wprime = torch.minimum(torch.maximum(wprime, _expand(lo, cols)), _expand(hi, cols))
     q.set_weight(quantize(wprime, scale, zero, spec), scale, zero)
     if b is not None:
         q.bias.copy_(b)
@@ -668,7 +696,9 @@ def flatquant_calibrate_block(
     return rec
 
 
-@register_method("flatquant", config=FlatQuantConfig, requires_calibration="always", propagate="fp")
+@register_method(
+    "flatquant", config=FlatQuantConfig, requires_calibration="always", propagate="fp", version="2"
+)
 def quantize_flatquant(model, calibration, scheme, config: FlatQuantConfig, ctx) -> None:
     """FlatQuant: learnable Kronecker affine transforms + LWC/LAC, block-wise MSE reconstruction."""
     config.check()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -214,8 +215,14 @@ def gptq_quantize(
 class GPTQConfig(MethodConfig):
     """blocksize: lazy-batch width. percdamp: dampening as a fraction of mean(diag H). actorder: descending
     diag(H) column order. static_groups: group qparams from the original W. true_sequential: one linear
-    at a time within a block. mse_clip: MSE clipping search for the qparams."""
+    at a time within a block. mse_clip: MSE clipping search for the qparams.
+    sym_rule: "range" (default, the reference's `Quantizer(sym=True)`: scale = 2 max|w| / (2^b - 1), zero
+    2^(b-1)) or "absmax" (max|w| / (2^(b-1) - 1), the grid of QuaRot / SmoothQuant / QuantVGGT)."""
 
+    PRESETS: ClassVar[dict[str, dict]] = {"paper": {}}  # paper and IST-DASLab/gptq agree
+    CALIBRATION_DEFAULTS: ClassVar[dict[str, dict]] = {"paper": {"builder": "random"}}
+
+    sym_rule: str = "range"
     blocksize: int = 128
     percdamp: float = 0.01
     actorder: bool = False
@@ -315,7 +322,7 @@ def gptq_calibrate_block(
             bd.calibrate_static_acts([n])
 
 
-@register_method("gptq", config=GPTQConfig, requires_calibration="always", propagate="quantized")
+@register_method("gptq", config=GPTQConfig, requires_calibration="always", propagate="quantized", version="2")
 def quantize_gptq(model, calibration, scheme, config: GPTQConfig, ctx) -> None:
     """GPTQ weights (Hessian from calibration inputs), scheme activations; sequential over blocks."""
     ctx.blockwise(calibration, lambda bd: gptq_calibrate_block(bd, scheme, config))

@@ -11,7 +11,8 @@ DSFQ, per quantized linear y = x W^T + b (x [..., n], W [out, n]):
 Learnable calibration (paper App. B; code `train_utils.cali_qs_quant`), block by block in execution order
 (frame_0, global_0, frame_1, ...), every linear of the block at once:
 - parameters: the smoothing vector c (per channel), LWC weight clipping factors sigma(g_max), sigma(g_min)
-  per output row (range [min * sigma(g_min), max * sigma(g_max)]), LAC activation clipping sigma(g_a), one
+  per output row (W clamped to [min * sigma(g_min), max * sigma(g_max)], then quantized on that range, as the
+  code's weight quantizer), LAC activation clipping sigma(g_a), one
   scalar per layer (multiplies the per-token range); clip logits start at `clip_init` = 4 (sigma = 0.982);
 - straight-through rounding; loss MSE(FP block output, quantized block output); AdamW (weight decay 0.01,
   torch's default, as the code) with cosine annealing over epochs x samples steps down to `lr_min`;
@@ -37,6 +38,11 @@ Ablations (paper Table 4), `variant`:
   "scale_rot"  smooth, then rotate: T(x) = (x / c) R;
   "dsfq"       rotate, then smooth: T(x) = (x R) / c (the method; alias "rot_scale").
 
+Presets: "paper" (default; the values below marked paper, NFDS with 40 scenes, K = 8, p = 0.2, z-score) and
+"code" (wlfeng0509/QuantVGGT e6e0ca8: lr 1e-3 / 1e-2, unrotated weight statistic, the EMA activation statistic
+over the first n // 5 = 4 scenes with global blocks' max over all S*P tokens; NFDS with 20 scenes, K = 5, IQR
+fences, token cosine, first-frame statistics). Calibration settings per preset: CALIBRATION_DEFAULTS.
+
 Paper vs authors' code (notes §2.10), and what we do:
 - learning rates: paper 5e-3 (c) / 5e-2 (clipping) = defaults; code 1e-3 / 1e-2 (`lr_smooth`, `lr_clip`).
 - smoothing weight statistic: paper max|W R| (`smooth_weight="rotated"`, default); code max|W| of the
@@ -56,7 +62,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -92,6 +98,8 @@ class QuantVGGTConfig(MethodConfig):
     alpha: smoothing migration strength. smooth_weight: "rotated" (paper) | "unrotated" (code).
     act_stat: "max" (paper) | "ema" (code, momentum `ema_momentum`). init_samples: calibration scenes used
         for the smoothing init (None = all; code: n // 5).
+    ema_global: the per-scene statistic of "ema" in global blocks: "frame_mean" (the paper's reading: mean over
+        frames of per-frame maxima, as in frame blocks) | "all_tokens" (the code: max over all S*P tokens).
     learn: run the block-wise learnable calibration (False: init only). epochs: passes over the calibration
         set per block (steps = epochs x samples). lr_smooth / lr_clip: paper 5e-3 / 5e-2 (code 1e-3 / 1e-2).
     weight_decay: AdamW (torch default 0.01, as the code). lr_min: cosine annealing floor.
@@ -102,11 +110,47 @@ class QuantVGGTConfig(MethodConfig):
     seed: base seed of the per-site random Hadamard signs.
     """
 
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": {},
+        "code": {
+            "lr_smooth": 1e-3,
+            "lr_clip": 1e-2,
+            "smooth_weight": "unrotated",
+            "act_stat": "ema",
+            "ema_global": "all_tokens",
+            "init_samples": 4,  # n // 5 of the code's 20 scenes
+        },
+    }
+    CALIBRATION_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": {
+            "builder": "nfds",
+            "num_scenes": 40,
+            "frames": 10,
+            "epochs": 15,
+            "scope": "aggregator",
+            "builder_options": {"filter": "zscore", "drop_fraction": 0.2, "num_clusters": 8},
+        },
+        "code": {
+            "builder": "nfds",
+            "num_scenes": 20,
+            "frames": 10,
+            "epochs": 15,
+            "scope": "aggregator",
+            "builder_options": {
+                "filter": "iqr",
+                "num_clusters": 5,
+                "feature": "token_cosine",
+                "stat_frames": "first",
+            },
+        },
+    }
+
     variant: str = "dsfq"
     alpha: float = 0.5
     smooth_weight: str = "rotated"
     act_stat: str = "max"
     ema_momentum: float = 0.95
+    ema_global: str = "frame_mean"
     init_samples: int | None = None
     learn: bool = True
     epochs: int = 15
@@ -131,6 +175,8 @@ class QuantVGGTConfig(MethodConfig):
             raise ConfigError(f"quantvggt smooth_weight={self.smooth_weight!r}: use 'rotated' or 'unrotated'")
         if self.act_stat not in ("max", "ema"):
             raise ConfigError(f"quantvggt act_stat={self.act_stat!r}: use 'max' or 'ema'")
+        if self.ema_global not in ("frame_mean", "all_tokens"):
+            raise ConfigError(f"quantvggt ema_global={self.ema_global!r}: use 'frame_mean' or 'all_tokens'")
         if self.epochs < 0:
             raise ConfigError(f"quantvggt epochs={self.epochs}: must be >= 0")
         if self.init_samples is not None and self.init_samples < 1:
@@ -159,13 +205,19 @@ def fake_quant_ste(
     return torch.clamp(q, spec.qmin, spec.qmax) * s
 
 
-def lwc_qparams(
+def lwc_clip(
     w: torch.Tensor, spec: QuantSpec, g_max: torch.Tensor, g_min: torch.Tensor, sym_rule: str
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Learnable weight clipping: qparams of w [out, in] on [min * sigma(g_min), max * sigma(g_max)] per
-    row (or group / tensor); g_* [out, 1] (broadcast over groups) or [1, 1]. Differentiable in g_*."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Learnable weight clipping as QuantVGGT's and FlatQuant's weight quantizers do it: clamp w [out, in] to
+    [min * sigma(g_min), max * sigma(g_max)] per row (or group / tensor), then take the qparams of that range.
+    g_* [out, 1] (broadcast over groups) or [1, 1]. Returns (clamped w, scale, zero); differentiable in g_*
+    (through the range and the clamp bounds). Example (W4, absmax): w = [-1, -0.6, 0.2, 0.5, 0.9],
+    sigma(g_max) = 0.9, sigma(g_min) = 0.5 -> range [-0.5, 0.81], dequantized [-0.46, -0.46, 0.23, 0.46, 0.81]."""
     wmin, wmax = _reduce_minmax(w, spec)
-    return qparams_from_range(wmin * torch.sigmoid(g_min), wmax * torch.sigmoid(g_max), spec, sym_rule)
+    lo, hi = wmin.clamp(max=0) * torch.sigmoid(g_min), wmax.clamp(min=0) * torch.sigmoid(g_max)
+    scale, zero = qparams_from_range(lo, hi, spec, sym_rule)
+    cols = w.shape[1]
+    return torch.minimum(torch.maximum(w, _expand(lo, cols)), _expand(hi, cols)), scale, zero
 
 
 def act_qparams(x2: torch.Tensor, spec: QuantSpec, ratio: torch.Tensor | float):
@@ -238,8 +290,9 @@ class SmoothRotLinear(nn.Module):
             w = self.rotation.transform_weight(w)
         return w
 
-    def weight_qparams(self, w: torch.Tensor):
-        return lwc_qparams(w, self.weight_spec, self.w_clip_max, self.w_clip_min, self.sym_rule)
+    def clipped_weight(self, w: torch.Tensor):
+        """(w clamped to the LWC range, scale, zero)."""
+        return lwc_clip(w, self.weight_spec, self.w_clip_max, self.w_clip_min, self.sym_rule)
 
     def act_ratio(self) -> torch.Tensor:
         return torch.sigmoid(self.a_clip)
@@ -250,8 +303,7 @@ class SmoothRotLinear(nn.Module):
             t2 = t.reshape(-1, t.shape[-1])
             scale, zero = act_qparams(t2, self.act_spec, self.act_ratio())
             t = fake_quant_ste(t2, scale, zero, self.act_spec).reshape(t.shape)
-        w = self.transformed_weight()
-        scale, zero = self.weight_qparams(w)
+        w, scale, zero = self.clipped_weight(self.transformed_weight())
         return F.linear(t, fake_quant_ste(w, scale, zero, self.weight_spec), self.bias)
 
     @torch.no_grad()
@@ -268,8 +320,7 @@ class SmoothRotLinear(nn.Module):
             transform: InputTransform | None = chain(scale_t, rot)
         else:
             transform = chain(rot, scale_t)
-        w = self.transformed_weight()
-        scale, zero = self.weight_qparams(w)
+        w, scale, zero = self.clipped_weight(self.transformed_weight())
         ratio = float(self.act_ratio()) if self.act_spec is not None else 1.0
         q = QuantLinear(
             self.weight.shape[1],
@@ -316,8 +367,12 @@ def activation_stats(
                 m = x.abs().reshape(-1, x.shape[-1]).amax(dim=0)
                 stats[rel] = m if rel not in stats else torch.maximum(stats[rel], m)
                 return
-            # code: tokens per frame [frames, P, n] -> max over tokens, mean over frames, EMA over scenes
-            m = x.abs().reshape(-1, ctx_i.tokens_per_frame, x.shape[-1]).amax(dim=1).mean(dim=0)
+            if bd.block.attention == "global" and config.ema_global == "all_tokens":
+                # the code's global blocks: one max over all S*P tokens of the scene
+                m = x.abs().reshape(-1, x.shape[-1]).amax(dim=0)
+            else:
+                # tokens per frame [frames, P, n] -> max over tokens, mean over frames
+                m = x.abs().reshape(-1, ctx_i.tokens_per_frame, x.shape[-1]).amax(dim=1).mean(dim=0)
             mom = config.ema_momentum
             stats[rel] = m if rel not in stats else mom * stats[rel] + (1 - mom) * m
 
@@ -483,7 +538,9 @@ def _train(bd, layers: dict[str, SmoothRotLinear], config: QuantVGGTConfig, samp
     return {"steps": step, "train_time_s": time.perf_counter() - t0, "loss_last_step": last}
 
 
-@register_method("quantvggt", config=QuantVGGTConfig, requires_calibration="always", propagate="fp")
+@register_method(
+    "quantvggt", config=QuantVGGTConfig, requires_calibration="always", propagate="fp", version="2"
+)
 def quantize_quantvggt(model, calibration, scheme, config: QuantVGGTConfig, ctx) -> None:
     """QuantVGGT: Hadamard rotation + rotated-space smoothing + block-wise learned clipping (DSFQ)."""
     config.check()

@@ -7,7 +7,15 @@ of `model` (a GeometryModel, already a private copy) by QuantLinears, registered
 
 Third-party methods: any installed distribution declaring an entry point in the group `ptq3d.methods`
 (`name = module` or `name = module:object`); loading it runs its @register_method decorators (or the
-object may itself be a MethodSpec). Plugins load lazily on the first lookup.
+object may itself be a MethodSpec). Plugins load lazily on the first lookup; a plugin that fails to import is
+set aside with its error (`broken_plugins()`), so only a lookup of its name fails, with that error.
+
+Presets and per-method defaults (read by the harness, ptq3d.harness.real): a method's config dataclass may declare
+- `PRESETS: ClassVar[dict[str, dict]]`, preset name -> field overrides (e.g. {"code": {"lr": 1e-3}}); "paper"
+  (the default preset) is always known. `MethodSpec.make_config(config, preset)` applies the preset first, then
+  the explicit config keys; an unknown preset is an error naming the known ones.
+- `CALIBRATION_DEFAULTS: ClassVar[dict[str, dict]]`, preset name -> the method's own calibration settings
+  (keys: builder, builder_options, num_scenes, frames, epochs, scope), used unless the run's TOML sets them.
 """
 
 from __future__ import annotations
@@ -32,6 +40,10 @@ BUILTIN_METHOD_MODULES = (
     "ptq3d.methods.taptq",
     "ptq3d.methods.flatquant",
     "ptq3d.methods.fgq",
+    "ptq3d.methods.awq",
+    "ptq3d.methods.brecq",
+    "ptq3d.methods.qdrop",
+    "ptq3d.methods.repq_vit",
 )
 
 
@@ -58,6 +70,8 @@ class MethodSpec:
         dataclass may refine it per instance with a method `needs_calibration() -> bool` (True: this config
         calibrates whatever the activations, e.g. QuaRot with GPTQ weights).
     propagate: how the block loop feeds the next block: "fp" (outputs of the FP block) or "quantized".
+    version: the method's code version, part of every cell id (bump it when a code change changes numbers, so
+        stored results of the old code are recomputed instead of resumed).
     """
 
     name: str
@@ -67,9 +81,38 @@ class MethodSpec:
     propagate: str = "quantized"
     description: str = ""
     source: str = "builtin"
+    version: str = "1"
 
-    def make_config(self, config: Any = None) -> Any:
-        return make_config(self.config_cls, config, what=f"method '{self.name}'")
+    def presets(self) -> dict[str, dict[str, Any]]:
+        """Preset name -> field overrides (the config class's PRESETS; "paper" = {} when undeclared)."""
+        return {"paper": {}, **dict(getattr(self.config_cls, "PRESETS", {}) or {})}
+
+    def calibration_defaults(self, preset: str = "paper") -> dict[str, Any]:
+        """The calibration settings of `preset` (CALIBRATION_DEFAULTS; keys among builder, num_scenes,
+        frames, epochs, scope, builder_options); {} when the method declares none."""
+        self._check_preset(preset)
+        return dict((getattr(self.config_cls, "CALIBRATION_DEFAULTS", {}) or {}).get(preset, {}))
+
+    def _check_preset(self, preset: str) -> None:
+        if preset not in self.presets():
+            raise unknown_name_error(f"preset of method '{self.name}'", str(preset), self.presets())
+
+    def make_config(self, config: Any = None, preset: str = "paper") -> Any:
+        """The config dataclass: `preset`'s overrides first, then the explicit keys of `config` (a dict or an
+        instance, returned as is). Keys in the class's RAW_KEYS are passed unconverted (e.g. SmoothQuant's
+        alpha, a number, "search" or a list) and validated by the config itself."""
+        self._check_preset(preset)
+        if isinstance(config, self.config_cls):
+            return config
+        if dataclasses.is_dataclass(config) and not isinstance(config, type):
+            config = dataclasses.asdict(config)
+        if config is not None and not isinstance(config, dict):
+            return make_config(self.config_cls, config, what=f"method '{self.name}'")
+        merged = {**self.presets()[preset], **(config or {})}
+        raw_keys = tuple(getattr(self.config_cls, "RAW_KEYS", ()) or ())
+        raw = {k: merged.pop(k) for k in raw_keys if k in merged}
+        cfg = make_config(self.config_cls, merged or None, what=f"method '{self.name}'")
+        return dataclasses.replace(cfg, **raw) if raw else cfg
 
     def needs_calibration(self, static_act: bool, config: Any = None) -> bool:
         """Whether a run with (static or dynamic) activations and this method config needs calibration data."""
@@ -81,6 +124,7 @@ class MethodSpec:
 
 
 _METHODS: dict[str, MethodSpec] = {}
+_BROKEN: dict[str, str] = {}  # entry point name -> why it failed to load
 _loaded = {"builtin": False, "plugins": False}
 
 
@@ -91,6 +135,7 @@ def register_method(
     requires_calibration: str = "always",
     propagate: str = "quantized",
     description: str = "",
+    version: str = "1",
 ) -> Callable[[Callable], Callable]:
     """Decorator registering `fn(model, calibration, scheme, config, ctx)` as method `name`."""
     if requires_calibration not in ("always", "never", "static_act"):
@@ -112,6 +157,7 @@ def register_method(
             propagate,
             description or (fn.__doc__ or "").strip().split("\n")[0],
             source="builtin" if module.startswith("ptq3d.") else module,
+            version=str(version),
         )
         _METHODS[name] = spec
         fn.method_spec = spec
@@ -138,8 +184,10 @@ def load_plugins(force: bool = False) -> list[str]:
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
             obj = ep.load()
-        except Exception as exc:  # a broken plugin must not break ptq3d; say which one
-            raise UserError(f"cannot load ptq3d method plugin '{ep.name}' ({ep.value}): {exc}") from exc
+        except Exception as exc:  # a broken plugin must not break configs that do not use it: set it aside
+            why = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+            _BROKEN[ep.name] = f"cannot load ptq3d method plugin '{ep.name}' ({ep.value}): {why}"
+            continue
         if isinstance(obj, MethodSpec):
             obj.source = ep.value
             _METHODS[obj.name] = obj
@@ -153,8 +201,19 @@ def get_method(name: str) -> MethodSpec:
     if name not in _METHODS:
         load_plugins()
     if name not in _METHODS:
-        raise unknown_name_error("method", str(name), _METHODS)
+        if name in _BROKEN:
+            raise UserError(_BROKEN[name])
+        err = unknown_name_error("method", str(name), _METHODS)
+        if _BROKEN:
+            err = UserError(f"{err}; plugins that failed to load: {', '.join(sorted(_BROKEN))}")
+        raise err
     return _METHODS[name]
+
+
+def broken_plugins() -> dict[str, str]:
+    """Entry point name -> the one-line error of every `ptq3d.methods` plugin that failed to load."""
+    load_plugins()
+    return dict(_BROKEN)
 
 
 def list_methods() -> list[str]:

@@ -5,6 +5,7 @@ propagated, static ranges observed in execution order)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import nn
 
@@ -17,6 +18,8 @@ from ptq3d.quant.transforms import InputTransform
 @dataclass
 class RTNConfig(MethodConfig):
     """mse_clip: per-row clipping search p in {1, 0.99, ..., 0.21} minimising sum |w - q(w)|^2.4."""
+
+    PRESETS: ClassVar[dict[str, dict]] = {"paper": {}}
 
     mse_clip: bool = False
 

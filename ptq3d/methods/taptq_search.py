@@ -137,7 +137,7 @@ class TwinQuantLinear(QuantLinear):
     """QuantLinear whose static activation quantizer is the twin-uniform post-GELU one (for mlp.fc2).
 
     act_scale [1, 1]: positive interval (searched). act_neg_scale [1, 1]: negative interval (fixed).
-    Only the "fake" backend: the integer kernels know one scale per activation tensor.
+    Runs on every backend: ptq3d.kernels reads `act_neg_scale` and uses its twin-uniform integer kernels.
     """
 
     def __init__(self, *args, **kwargs):
@@ -148,14 +148,6 @@ class TwinQuantLinear(QuantLinear):
 
     def quantize_activation(self, x: torch.Tensor) -> torch.Tensor:
         return twin_fake_quantize(x, self.act_scale, self.act_neg_scale, self.act_spec.bits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.backend != "fake":
-            raise ConfigError(
-                f"TwinQuantLinear({self.in_features}->{self.out_features}): backend '{self.backend}' has no "
-                "kernel for the twin-uniform post-GELU activation quantizer; run this layer on backend 'fake'"
-            )
-        return super().forward(x)
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "act_quantizer": "twin_posgelu"}

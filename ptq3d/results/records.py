@@ -66,7 +66,7 @@ class ModelRef:
 class ProtocolRef:
     """A versioned evaluation protocol: name, data root (None for synthetic), scene limit, metric names (None =
     the components' defaults), alignment preset (None = the default policy) and alignment_options (policy
-    fields overriding the preset, e.g. max_points); data_hash: fingerprint of the protocol definition and of
+    fields overriding the preset, e.g. max_points); scenes: the subset of its scenes to run (None = all); data_hash: fingerprint of the protocol definition and of
     the files under root ("" until ptq3d.harness.identity fills it; part of the cell id)."""
 
     name: str
@@ -76,6 +76,7 @@ class ProtocolRef:
     alignment: str | None = None
     alignment_options: dict[str, Any] = field(default_factory=dict)
     data_hash: str = ""
+    scenes: tuple[str, ...] | None = None  # a subset of the protocol's scenes (a partial copy of a dataset)
 
 
 @dataclass(frozen=True)

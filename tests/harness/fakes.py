@@ -218,7 +218,7 @@ class FakeComponents(Components):
         }
         return {m: out[m] for m in metrics}
 
-    def aggregate(self, per_scene, metrics):
+    def aggregate(self, per_scene, metrics, groups=None):
         out = {}
         for m in metrics:
             v = np.array([s[m] for s in per_scene], dtype=np.float64)

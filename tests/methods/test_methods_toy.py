@@ -108,7 +108,10 @@ def test_static_activations(toy, toy_calib, toy_images):
 
 
 def test_smoothquant_folds_into_norms_and_online_elsewhere(toy, toy_calib):
-    qm = quantize_model(toy, "smoothquant", "w8a8", toy_calib, {"alpha": 0.5})
+    # default = the reference: only the norm-fed linears are smoothed; proj / fc2 stay plain
+    ref_like = quantize_model(toy, "smoothquant", "w8a8", toy_calib, {"alpha": 0.5}).quant_layers()
+    assert all(q.input_transform is None for q in ref_like.values())
+    qm = quantize_model(toy, "smoothquant", "w8a8", toy_calib, {"alpha": 0.5, "online": True})
     ql = qm.quant_layers()
     assert ql["frame_blocks.0.attn.qkv"].input_transform is None
     assert ql["frame_blocks.0.mlp.fc1"].input_transform is None
@@ -121,7 +124,7 @@ def test_smoothquant_folds_into_norms_and_online_elsewhere(toy, toy_calib):
 
 
 def test_quarot_layers_rotated(toy, toy_calib):
-    qm = quantize_model(toy, "quarot", "w4a8", toy_calib, {"actorder": True})
+    qm = quantize_model(toy, "quarot", "w4a8", toy_calib, {"actorder": True, "rotation": "per_linear"})
     for q in qm.quant_layers().values():
         t = q.input_transform
         assert t is not None and "hadamard" in str(t.config())

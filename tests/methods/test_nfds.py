@@ -57,8 +57,22 @@ def test_iqr_rule_on_arrays_per_group():
     groups[0] = "b"
     groups[9] = "a"
     keep, reasons = iqr_filter(means, variances, groups)
-    assert not keep[7] and "var" in reasons[7][0] and "above" in reasons[7][0]
+    assert not keep[7] and "std" in reasons[7][0] and "above" in reasons[7][0]
     assert keep[0]
+
+
+def test_iqr_fences_on_std_as_the_authors_code():
+    # a transcription of make_calibation.py's rule on one deep layer: fences Q1 - 1.5 IQR, Q3 + 1.5 IQR of the
+    # per-sample standard deviation. The 9 variances put sample 8 inside the std fences but outside the
+    # variance fences, so the two statistics disagree on it.
+    var = np.array([1.0, 1.0, 1.0, 1.0, 4.0, 4.0, 4.0, 4.0, 9.0])
+    std = np.sqrt(var)
+    q1, q3 = np.percentile(std, [25, 75])
+    assert q1 - 1.5 * (q3 - q1) <= std[8] <= q3 + 1.5 * (q3 - q1)  # kept by the code's rule
+    vq1, vq3 = np.percentile(var, [25, 75])
+    assert var[8] > vq3 + 1.5 * (vq3 - vq1)  # the variance rule would drop it
+    keep, reasons = iqr_filter(np.zeros((9, 1)), var[:, None], ["a"] * 9)
+    assert keep.all(), reasons
 
 
 @pytest.mark.parametrize("rule", ["zscore", "iqr"])

@@ -17,8 +17,10 @@ METHODS = [
     ("rtn", {}),
     ("smoothquant", {}),
     ("gptq", {}),
-    ("quarot", {"weight_method": "rtn"}),
-    ("quarot", {}),
+    # QuaRot's MSE weight clipping (its default) is tested on small shapes in test_reference_deviations.py;
+    # here it is off: its 80-point search doubles QuaRot's time on these widths
+    ("quarot", {"weight_method": "rtn", "mse_clip": False}),
+    ("quarot", {"mse_clip": False}),
 ]
 
 
@@ -69,7 +71,7 @@ def test_vggt_tiny_w8a8_close_to_fp(model, calib, images, method, cfg):
 
 
 def test_vggt_tiny_round_trip_via_registry(tmp_path, model, calib, images):
-    qm = quantize_model(model, "quarot", "w4a8", calib, {"actorder": True})
+    qm = quantize_model(model, "quarot", "w4a8", calib, {"actorder": True, "mse_clip": False})
     save_quantized(qm, tmp_path / "q")
     back = load_quantized(tmp_path / "q")  # model rebuilt with ptq3d.models.load_model("vggt-tiny")
     for k, v in qm.predict(images).tensors().items():
