@@ -217,6 +217,8 @@ def load_results(path: str | Path) -> Results:
                 "calib_builder": c["calib_builder"] or "",
                 "calib_seed": c["calib_seed"],
                 "failed_stage": c.get("failed_stage") or "",
+                # what the method really runs (granularity, static/dynamic, extras), beside the scheme name
+                "format": ((c.get("manifest") or {}).get("effective_format") or {}).get("short", ""),
                 "w_bits": scheme_bits(c["scheme"])[0],
                 "a_bits": scheme_bits(c["scheme"])[1],
                 **_flat_costs(c["costs"]),

@@ -203,3 +203,15 @@ def test_ties_are_shown_and_few_scenes_warn(tmp_path):
     ranks = {r["method_label"]: r["rank"] for r in lb.to_dict("records") if r["status"] == "ok"}
     assert ranks["a"] == ranks["b"] == ranks["c"] == "=1" and ranks["low"] == "4"
     assert any("only 4 scenes" in w for w in lb.attrs["warnings"])
+
+
+def test_effective_format_is_shown_beside_the_scheme(tmp_path):
+    """Issue 17.4: a per-tensor static method and a per-channel dynamic one in the same w4a8 column say so."""
+    static = cell("taptq", "w4a8", scaled({}, noise=0.01, seed=1))
+    static.manifest = {"effective_format": {"short": "W4 per-tensor / A8 static per-tensor + twin"}}
+    dynamic = cell("rtn", "w4a8", scaled({}, noise=0.01, seed=2))
+    dynamic.manifest = {"effective_format": {"short": "W4 per-channel / A8 dynamic per-token"}}
+    res = load_results(write(tmp_path / "r.sqlite", [cell("fp", "fp32"), static, dynamic]))
+    rows = {r["Method"]: r for r in leaderboard_rows(res.leaderboard("fake"))}
+    assert rows["taptq"]["Format"] == "W4 per-tensor / A8 static per-tensor + twin"
+    assert rows["rtn"]["Format"] == "W4 per-channel / A8 dynamic per-token"
