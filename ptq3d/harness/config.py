@@ -628,7 +628,8 @@ def check_names(cfg: RunConfig) -> None:
         except UserError as exc:
             raise ConfigError(f"{src}: [[protocols]][{i}]: {exc}") from None
         if problems:
-            raise ConfigError(f"{src}: [[protocols]][{i}]: " + "; ".join(problems))
+            more = f"; ... and {len(problems) - 3} more" if len(problems) > 3 else ""
+            raise ConfigError(f"{src}: [[protocols]][{i}]: " + "; ".join(problems[:3]) + more)
     if cfg.calibration.protocol:
         known("protocol", "[calibration].protocol", cfg.calibration.protocol, protocols)
     builders = comp.list_calibration_builders()

@@ -9,6 +9,7 @@ Conventions (all tensors torch, float32 unless stated):
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -16,10 +17,37 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ptq3d.errors import ConfigError
+
 BlockKind = Literal["encoder", "frame", "global", "decoder"]
 Attention = Literal["frame", "global"]
 QuantScope = Literal["aggregator", "all"]
 TASKS: tuple[str, ...] = ("camera", "depth", "points")
+Precision = Literal["fp32", "bf16-autocast"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16-autocast")
+
+
+def check_precision(precision: str) -> None:
+    """One-line error for a precision outside PRECISIONS."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision = {precision!r}: allowed values are {', '.join(PRECISIONS)}")
+
+
+@contextlib.contextmanager
+def eval_precision(precision: str, device_type: str) -> Iterator[None]:
+    """The numeric precision a forward pass runs in, as the papers evaluate.
+
+    "fp32": plain float32 (the CPU default). "bf16-autocast": torch.autocast(device_type, bfloat16) around the
+    whole forward, as VGGT's demo and evaluation scripts run it on Ampere+ GPUs; the models' heads disable
+    autocast themselves and run in float32 (VGGT.heads, Pi3.predict_heads), so only the encoder, aggregator /
+    decoder and Pi3's head decoders run in bf16. Fake-quantized layers quantize in float32 inside it and return
+    bf16 (ptq3d.quant.qlinear.QuantLinear.forward)."""
+    check_precision(precision)
+    if precision == "fp32":
+        yield
+        return
+    with torch.autocast(device_type=device_type, dtype=torch.bfloat16):
+        yield
 
 
 @dataclass
@@ -117,8 +145,8 @@ class GeometryModel:
             self.name = name
 
     # --- inference -------------------------------------------------------------------------------
-    def predict(self, images: torch.Tensor) -> Predictions:  # pragma: no cover - abstract
-        """images [B, S, 3, H, W] in [0, 1] -> Predictions."""
+    def predict(self, images: torch.Tensor, precision: Precision = "fp32") -> Predictions:  # pragma: no cover
+        """images [B, S, 3, H, W] in [0, 1] -> Predictions; `precision` see eval_precision (outputs float32)."""
         raise NotImplementedError
 
     # --- block structure ------------------------------------------------------------------------

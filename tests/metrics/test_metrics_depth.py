@@ -85,10 +85,11 @@ def test_weighted_aggregate_matches_golden(golden, mode):
 
 @pytest.mark.parametrize("mode", ["median", "scale", "scale&shift", "metric"])
 def test_ground_truth_as_prediction_is_perfect(mode):
-    gt = torch.rand(2, 8, 10) * 5 + 0.5
+    gt = torch.rand(2, 8, 10, generator=torch.Generator().manual_seed(0)) * 5 + 0.5
     gt[0, 0, :3] = 0  # invalid pixels
     r = depth_metrics(gt.clone(), gt, alignment=mode)
-    assert r.metrics["abs_rel"] == 0 and r.metrics["rmse"] == 0
+    # the fitted alignments (IRLS scale, Adam scale&shift) land on 1 (and 0) to float32 rounding, not exactly
+    assert r.metrics["abs_rel"] < 1e-6 and r.metrics["rmse"] < 1e-5
     assert r.metrics["delta<1.25"] == 1 and r.metrics["delta<1"] == 0
     assert r.metrics["valid_pixels"] == 2 * 8 * 10 - 3
 

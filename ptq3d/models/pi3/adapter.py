@@ -15,7 +15,15 @@ import functools
 
 import torch
 
-from ptq3d.models.base import BlockContext, BlockInfo, GeometryModel, Predictions, QuantScope
+from ptq3d.models.base import (
+    BlockContext,
+    BlockInfo,
+    GeometryModel,
+    Precision,
+    Predictions,
+    QuantScope,
+    eval_precision,
+)
 from ptq3d.models.pi3.model import Pi3
 
 SCOPES = ("aggregator", "all")
@@ -50,16 +58,17 @@ class Pi3Adapter(GeometryModel):
         self.module: Pi3 = module
 
     # --- inference -------------------------------------------------------------------------------
-    def predict(self, images: torch.Tensor) -> Predictions:
-        """images [B, S, 3, H, W] in [0, 1] -> Predictions (see module docstring), under no_grad."""
-        with torch.no_grad():
+    def predict(self, images: torch.Tensor, precision: Precision = "fp32") -> Predictions:
+        """images [B, S, 3, H, W] in [0, 1] -> Predictions (see module docstring), under no_grad. precision
+        "bf16-autocast": encoder and decoders in bf16 autocast, the heads in float32 (see eval_precision)."""
+        with torch.no_grad(), eval_precision(precision, images.device.type):
             out = self.module(images)
         conf = torch.sigmoid(out["conf"][..., 0])
         return Predictions(
             depth=out["local_points"][..., 2],
             depth_conf=conf,
             world_points=out["points"],
-            points_conf=conf,
+            points_conf=conf.clone(),  # its own storage: the FP cache (safetensors) refuses shared tensors
             extrinsics=invert_rigid(out["camera_poses"]),
             intrinsics=None,
             raw=out,

@@ -5,7 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ptq3d.models.base import BlockContext, BlockInfo, GeometryModel, Predictions, QuantScope
+from ptq3d.models.base import (
+    BlockContext,
+    BlockInfo,
+    GeometryModel,
+    Precision,
+    Predictions,
+    QuantScope,
+    eval_precision,
+)
 from ptq3d.models.vggt.aggregator import Aggregator
 from ptq3d.models.vggt.model import VGGT
 from ptq3d.models.vggt.pose import pose_encoding_to_extri_intri
@@ -58,10 +66,12 @@ class VGGTAdapter(GeometryModel):
         )
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> Predictions:
-        """images [B, S, 3, H, W] in [0, 1] -> Predictions (world frame = first camera, up to scale)."""
+    def predict(self, images: torch.Tensor, precision: Precision = "fp32") -> Predictions:
+        """images [B, S, 3, H, W] in [0, 1] -> Predictions (world frame = first camera, up to scale).
+        precision "bf16-autocast": the aggregator in bf16 autocast, the heads in float32 (see eval_precision)."""
         self._check_images(images)
-        raw = self.module(images)
+        with eval_precision(precision, images.device.type):
+            raw = self.module(images)
         return self.predictions_from_raw(raw, tuple(images.shape[-2:]))
 
     def predict_from_tokens(self, tokens_list: list[torch.Tensor], images: torch.Tensor) -> Predictions:
