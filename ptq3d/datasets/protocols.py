@@ -527,6 +527,11 @@ def _published() -> list[Protocol]:
         options=(("subset", "fewview_dev"), ("min_viewpoint_quality", 0.5), ("max_translation_sum", 1e5),
                  ("pose_aggregation", "category")),
     )  # fmt: skip
+    qvggt_calib = dict(
+        version=1, dataset="co3d", scenes=SEEN_CATEGORIES, sampling="random", frames_per_scene=10, seed=0,
+        seed_scope="protocol", min_scene_frames=50, max_scenes_per_group=10, resolution=518, preprocessing="pad",
+        options=(("subset", "fewview_dev"), ("min_viewpoint_quality", 0.5), ("sequence_sampling", "random")),
+    )  # fmt: skip
     seven_common = dict(version=1, dataset="7scenes", scenes=seven, split="test", sampling="stride",
                         resolution=518, preprocessing="crop", options=(("depth_source", "auto"),))  # fmt: skip
     nrgbd_common = dict(version=1, dataset="nrgbd", scenes=NRGBD_SCENES, sampling="stride", resolution=518,
@@ -630,46 +635,16 @@ def _published() -> list[Protocol]:
         ),  # fmt: skip
         Protocol(
             name="quantvggt-calib-co3d",
-            version=1,
-            dataset="co3d",
-            scenes=SEEN_CATEGORIES,
+            **qvggt_calib,
             split="train",
-            sampling="random",
-            frames_per_scene=10,
-            seed=0,
-            seed_scope="protocol",
-            min_scene_frames=50,
-            max_scenes_per_group=10,
-            resolution=518,
-            preprocessing="pad",
-            options=(
-                ("subset", "fewview_dev"),
-                ("min_viewpoint_quality", 0.5),
-                ("sequence_sampling", "random"),
-            ),
             description="QuantVGGT calibration pool, paper preset: 10 random CO3D *train* sequences of each of the 41 "
             "categories (>= 50 frames), 10 random frames each, pad @518 (the builder then picks 20, paper 40)",
             source="wlfeng0509/QuantVGGT paper (calibration from the CO3D training set); evaluation/make_calibation.py",
         ),  # fmt: skip
         Protocol(
             name="quantvggt-calib-co3d-code",
-            version=1,
-            dataset="co3d",
-            scenes=SEEN_CATEGORIES,
+            **qvggt_calib,
             split="test",
-            sampling="random",
-            frames_per_scene=10,
-            seed=0,
-            seed_scope="protocol",
-            min_scene_frames=50,
-            max_scenes_per_group=10,
-            resolution=518,
-            preprocessing="pad",
-            options=(
-                ("subset", "fewview_dev"),
-                ("min_viewpoint_quality", 0.5),
-                ("sequence_sampling", "random"),
-            ),
             description="QuantVGGT calibration pool, code preset: as quantvggt-calib-co3d but drawn from the *test* "
             "sequences, as the released make_calibation.py does (it can overlap the evaluation sequences)",
             source="wlfeng0509/QuantVGGT evaluation/make_calibation.py (reads {category}_test.jgz)",

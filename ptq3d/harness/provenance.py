@@ -11,6 +11,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from ptq3d.kernels.bench import cpu_name
+
 PACKAGES = ("ptq3d", "torch", "numpy", "scipy", "triton", "safetensors", "open3d-cpu", "evo")
 
 
@@ -53,17 +55,6 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 @cache
 def device_info(device: str = "cpu") -> dict[str, Any]:
     """CPU model and count, and the GPU name when `device` is CUDA."""
@@ -71,7 +62,7 @@ def device_info(device: str = "cpu") -> dict[str, Any]:
 
     info: dict[str, Any] = {
         "device": device,
-        "cpu": _cpu_model(),
+        "cpu": cpu_name(),
         "cpus": cpu_count(),
         "host": platform.node(),
     }

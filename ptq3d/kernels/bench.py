@@ -119,7 +119,7 @@ def device_info(device: torch.device) -> dict:
             "allocator": allocator_info(),
         }
     info = {
-        "device": _cpu_name(),
+        "device": cpu_name(),
         "peaks_tflops": None,  # no sourced peak for this CPU
         "threads": torch.get_num_threads(),
         "cpu_count": cpu_count(),
@@ -131,7 +131,8 @@ def device_info(device: torch.device) -> dict:
     return info
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it (else platform's best guess)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
