@@ -283,11 +283,12 @@ _UNSAFE_SCHEME = re.compile(r"\b(javascript|vbscript|data|file)\s*:", re.IGNOREC
 
 
 def md_escape(s: Any) -> str:
-    """User text as plain Markdown text: one line (newlines become spaces); backslash, backtick, emphasis
+    """User text as plain Markdown text: one line (newlines, control characters and line separators become spaces); backslash, backtick, emphasis
     (* _ ~), the start of raw HTML ("<" before a letter, "/", "!" or "?") and cell separators (|) escaped; no link, image or reference can form ("](",
     "][", "]:", "![") and no entity ("&name;"); a script-capable URL scheme (javascript:, vbscript:, data:,
     file:) loses its colon's meaning."""
-    text = re.sub(r"[\r\n\t\v\f]+", " ", str(s))
+    # every control character and Unicode line separator (str.splitlines() breaks on \x1c-\x1e, \x85, \u2028...)
+    text = re.sub(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+", " ", str(s))
     text = _MD_SPECIAL.sub(r"\\\1", text)
     text = re.sub(r"\](?=[(\[:])", r"\\]", text)
     text = re.sub(r"!(?=\[)", r"\\!", text)
