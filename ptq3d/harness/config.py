@@ -202,6 +202,9 @@ class RunConfig:
     method_settings: dict[str, MethodSettings] = field(default_factory=dict)  # by method label (display)
     eval_explicit: frozenset[str] = frozenset()  # [eval] keys the TOML set
     allow_imports: bool = True
+    # (calibration protocol, root, limit) -> fingerprint of its definition and files; filled by
+    # ptq3d.harness.identity.prepare and carried into every CalibRef (part of the cell id)
+    calibration_data_hashes: dict[tuple, str] = field(default_factory=dict)
 
     def cells(self) -> list[CellSpec]:
         return expand(self)
@@ -786,6 +789,7 @@ def expand(cfg: RunConfig) -> list[CellSpec]:
             cal.limit,
             cal.frames,
             dict(cal.options),
+            cfg.calibration_data_hashes.get((cal.protocol, cal.root, cal.limit), ""),
         )
 
     for model, protocol in itertools.product(cfg.models, cfg.protocols):

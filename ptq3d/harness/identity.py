@@ -221,12 +221,14 @@ def prepare(cfg: Any) -> list[str]:
         dataclasses.replace(m, version=method_version(comp, m.name)) if m.name != "*all*" else m
         for m in cfg.methods
     ]
-    cal = cfg.calibration
-    if cal.protocol and any(f.name == "data_hash" for f in dataclasses.fields(cal)):
-        # the calibration protocol's files, once CalibrationConfig carries the field into CalibRef
-        from ptq3d.results.records import ProtocolRef
+    # every calibration protocol a method draws from (the run's, or its own entry's): definition and files
+    from ptq3d.results.records import ProtocolRef
 
-        cal.data_hash = data_hash(comp, ProtocolRef(cal.protocol, cal.root, cal.limit))
+    sources = {(cfg.calibration.protocol, cfg.calibration.root, cfg.calibration.limit)}
+    sources |= {(p.calibration.protocol, p.calibration.root, p.calibration.limit) for p in cfg.plans()}
+    cfg.calibration_data_hashes = {
+        key: data_hash(comp, ProtocolRef(*key)) for key in sorted(sources, key=str) if key[0]
+    }
     check_rows(cfg.cells(), cfg.source)
     cfg.identity_prepared = True  # run_grid does not prepare again
     return notes

@@ -265,3 +265,25 @@ def test_the_registry_version_is_the_method_code_version(monkeypatch):
     assert get_method("rtn").version == "1" and identity.method_version(real, "rtn") == "1"
     monkeypatch.setattr(get_method("rtn"), "version", "2")
     assert identity.method_version(real, "rtn") == "2"
+
+
+def test_calibration_data_files_are_part_of_the_cell_id(tmp_path):
+    """A calibration protocol whose files change in place gives new ids to the cells that calibrate on it;
+    the FP reference, which does not calibrate, keeps its id."""
+    root = tmp_path / "calib"
+    (root / "scene").mkdir(parents=True)
+    frame = root / "scene" / "frame.txt"
+    frame.write_text("1 0 0 0\n")
+    body = BODY.replace('protocol = "toy-heldout"', f'protocol = "toy-data"\nroot = "{root}"')
+
+    def ids() -> list[str]:
+        cfg = load_config(_config(tmp_path, body))
+        identity.prepare(cfg)
+        cells = cfg.cells()
+        assert all(c.calibration is None or c.calibration.data_hash for c in cells)
+        return [c.cell_id for c in cells]
+
+    first = ids()
+    frame.write_text("9 0 0 0\n")
+    second = ids()
+    assert second[0] == first[0] and set(second[1:]).isdisjoint(first[1:])
