@@ -121,7 +121,7 @@ def leaderboard_rows(df: pd.DataFrame, ci: bool = True) -> list[dict[str, str]]:
             "Rank": str(r.get("rank", "")),
             "Method": _label(r, multi_model, multi_builder),
             "Scheme": str(r.get("scheme", "")),
-            "Format": str(r.get("format") or ""),
+            "Format": r["format"] if isinstance(r.get("format"), str) else "",
             "Retained % (worst task)": _pct(r, "score_pct", ci),
             "Mean %": _pct(r, "mean_pct", False),
         }
