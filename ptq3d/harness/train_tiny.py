@@ -589,10 +589,10 @@ def _fit(
 SINKS_MODEL = "vggt-tiny-synthetic-sinks"
 # the fine-tuning run of the bundled vggt-tiny-synthetic-sinks: the training data and losses of TrainConfig,
 # a shorter schedule at half the peak learning rate, batch draws seeded apart from the base run's. The bundled
-# weights are its state after SINKS_STOP_AFTER steps: the 2-core CPU this project shares ran at 1.3 s per step
-# (0.36 s alone), so the schedule was cut there, with pose recovered and depth / points not quite (model card).
+# weights are the whole schedule (SINKS_STOP_AFTER = 0); a run cut at step 679 recovered pose but not depth and
+# points, the full schedule recovers all three (model card).
 SINKS_TRAIN_CONFIG = TrainConfig(steps=2500, seed=1, lr=2e-4, warmup_steps=100)
-SINKS_STOP_AFTER = 679
+SINKS_STOP_AFTER = 0
 
 
 def finetune_sinks(

@@ -121,7 +121,7 @@ def test_default_suite_grid(tmp_path):
     # the bundled trained model (with its outlier channels) on its held-out protocol, calibrated on training seeds
     from ptq3d.harness.default_suite import CALIBRATION_SEEDS, EVAL_SCENES
 
-    assert cells[0].model.name == "vggt-tiny-synthetic-outliers"
+    assert cells[0].model.name == "vggt-tiny-synthetic-sinks"
     assert cells[0].protocol.name == "synthetic-heldout-112" and cells[0].protocol.limit == EVAL_SCENES >= 6
     assert cells[1].calibration.protocol == "synthetic-calib-112"
     # each method with its own (scaled) paper settings; every calibrated method over >= 2 seeds
