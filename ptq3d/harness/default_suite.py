@@ -25,16 +25,13 @@ What it can separate: with EVAL_SCENES scenes and 2 seeds it separates a collaps
 of FP, e.g. W4A4 pose) from a method that keeps the task, and the schemes from each other; differences of a few
 per cent between methods are within the scene and seed noise, and the reports mark such ranks as ties.
 
-Time (measured 2026-12-06 on the shared 2-core CI box while other jobs ran, load average 10-16, so CPU time is the
-meaningful number: the run is one single-threaded process, and its CPU time is about its wall time on an idle
-core, inflated by the contention, i.e. an upper bound): with 12 registered methods the suite has 70 cells; one
-cell per method (w4a4, seed 0) at 8 evaluation scenes cost 6-13 CPU-s (FP 6, RTN 6, GPTQ 7, FGQ 12, AWQ 13), which
-projects to 676 CPU-s (11.3 min) for the 70 cells at 8 scenes; evaluation (fake and real) was 52 % of it,
-calibration 36 %, bench 11 %. At EVAL_SCENES = 6 that projects to about 590 CPU-s (9.8 min); the full `ptq3d run`
-at EVAL_SCENES = 6 (70 cells, 0 failed) then took 25.1 min of wall time at load average 4-16 and used about 575
-CPU-s (9.6 min) of one core. EVAL_SCENES = 8 would not fit 10 minutes on one core by that measure. Per-process memos
-in ptq3d.harness.real (FP model, scenes and calibration pool, calibration sets) make a cell's load stage 0.2-0.5 s
-instead of 27 s (first cell, at that load).
+Time (measured 2026-12-06 on this project's 2-core Xeon box): on `vggt-tiny-synthetic-sinks`, 70 cells (12
+methods), 0 failed, 517 s for the cells, 8 min 45 s wall with the reports, while another single-threaded job used
+the second core for about half of it; the same suite on `vggt-tiny-synthetic-outliers` took 718 s (the other core
+training a model, load ~3). Where the 713 s of that run went: calibrate 290 s (FGQ 37, FlatQuant 34, AWQ 33,
+RepQ-ViT 32, QuaRot 27, TAPTQ 26, BRECQ 26, QuantVGGT 24, QDrop 21, GPTQ 17, SmoothQuant 12, RTN 2), fake eval 163 s,
+real eval 162 s, bench 89 s, load 7 s, FP eval 3 s. Per-process memos in ptq3d.harness.real (FP model, scenes and
+calibration pool, calibration sets) make a cell's load stage 0.2-0.5 s instead of 27 s (first cell, loaded box).
 """
 
 from __future__ import annotations
