@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from small_models import assert_bundled_round_trip
 
 from ptq3d.methods import load_quantized, quantize_model, save_quantized
 from ptq3d.methods.awq import activation_scales, apply_clip, scaled_fake_weight, search_clip, search_scale
@@ -118,21 +119,15 @@ def test_folds_are_function_preserving_in_fp(toy, toy_calib, toy_images):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["vggt-tiny-synthetic", "pi3-tiny"])
 def test_bundled_models_round_trip(tmp_path, name):
-    from ptq3d.calibration.sets import synthetic_pool
-    from ptq3d.methods import CalibrationSet
-    from ptq3d.models import load_model
-
-    model = load_model(name)
-    calib = CalibrationSet(synthetic_pool(1, num_frames=2, height=42, width=42, first_seed=10), seed=0)
-    images = torch.stack(
-        [s.images for s in synthetic_pool(1, num_frames=2, height=42, width=42, first_seed=500)]
+    assert_bundled_round_trip(
+        tmp_path,
+        name,
+        "awq",
+        ("w4a16", "w4g32a16", "w4a8"),
+        None,
+        check=lambda model, qm: _all_sites_quantized(model, qm),
     )
-    for scheme in ("w4a16", "w4g32a16", "w4a8"):
-        qm = quantize_model(model, "awq", scheme, calib)
-        assert len(qm.quant_layers()) == len(model.quant_sites("aggregator"))
-        save_quantized(qm, tmp_path / scheme)
-        back = load_quantized(tmp_path / scheme, model=model)
-        a, b = qm.module.state_dict(), back.module.state_dict()
-        assert all(torch.equal(a[k], b[k]) for k in a)
-        pa, pb = qm.predict(images).tensors(), back.predict(images).tensors()
-        assert all(torch.equal(v, pb[k]) for k, v in pa.items())
+
+
+def _all_sites_quantized(model, qm):
+    assert len(qm.quant_layers()) == len(model.quant_sites("aggregator"))

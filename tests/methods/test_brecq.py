@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from small_models import assert_bundled_round_trip
 from torch import nn
 
 from ptq3d.methods import get_method, load_quantized, quantize_model, save_quantized
@@ -115,20 +116,6 @@ def test_toy_brecq_dynamic_ratio_and_fisher(toy, toy_calib):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["vggt-tiny-synthetic", "pi3-tiny"])
 def test_bundled_models_round_trip(tmp_path, name):
-    from ptq3d.calibration.sets import synthetic_pool
-    from ptq3d.methods import CalibrationSet
-    from ptq3d.models import load_model
-
-    model = load_model(name)
-    calib = CalibrationSet(synthetic_pool(1, num_frames=2, height=42, width=42, first_seed=10), seed=0)
-    images = torch.stack(
-        [s.images for s in synthetic_pool(1, num_frames=2, height=42, width=42, first_seed=500)]
+    assert_bundled_round_trip(
+        tmp_path, name, "brecq", ("w4a16", "w4a8", "w8a8-static"), {"iters_w": 4, "iters_a": 2}
     )
-    for scheme in ("w4a16", "w4a8", "w8a8-static"):
-        qm = quantize_model(model, "brecq", scheme, calib, {"iters_w": 4, "iters_a": 2})
-        save_quantized(qm, tmp_path / scheme)
-        back = load_quantized(tmp_path / scheme, model=model)
-        a, b = qm.module.state_dict(), back.module.state_dict()
-        assert all(torch.equal(a[k], b[k]) for k in a)
-        pa, pb = qm.predict(images).tensors(), back.predict(images).tensors()
-        assert all(torch.equal(v, pb[k]) for k, v in pa.items())
