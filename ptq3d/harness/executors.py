@@ -64,14 +64,16 @@ def _run_in_worker(spec_dict: dict, cache_dir: str | None, started_dir: str | No
     return run_cell(spec, cache_dir)
 
 
-def worker_failed(spec: CellSpec, executor: str, attempts: list[str]) -> CellResult:
-    """The record of a cell whose worker died on every attempt."""
+def worker_failed(spec: CellSpec, executor: str, attempts: list[str], reason: str = "") -> CellResult:
+    """The record of a cell whose worker died (or whose task errored) on every attempt; reason defaults to the
+    death count and the last attempt's error."""
     now = time.time()
+    reason = reason or f"the worker process died {len(attempts)} times; last: {attempts[-1]}"
     result = CellResult(
         spec=spec,
         status="failed",
         failed_stage="worker",
-        reason=f"worker: the worker process died {len(attempts)} times; last: {attempts[-1]}"[:2000],
+        reason=f"worker: {reason}"[:2000],
         started_at=now,
         finished_at=now,
     )

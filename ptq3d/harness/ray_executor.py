@@ -34,14 +34,13 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ptq3d.errors import ConfigError, UserError
-from ptq3d.harness.executors import Executor
+from ptq3d.harness.executors import Executor, worker_failed
 from ptq3d.harness.fpcache import atomic_write
 from ptq3d.results.records import CellResult, CellSpec, short_hash
 from ptq3d.results.store import DiskFullError
@@ -194,20 +193,6 @@ def _worker_death_errors(ray: Any) -> tuple[type, ...]:
     return tuple(getattr(ray.exceptions, n) for n in names if hasattr(ray.exceptions, n))
 
 
-def _failed(spec: CellSpec, reason: str, attempts: list[str]) -> CellResult:
-    now = time.time()
-    result = CellResult(
-        spec=spec,
-        status="failed",
-        failed_stage="worker",
-        reason=f"worker: {reason}"[:2000],
-        started_at=now,
-        finished_at=now,
-    )
-    result.provenance["executor"] = {"name": "ray", "attempts": len(attempts), "attempt_errors": attempts}
-    return result
-
-
 @dataclass
 class _Group:
     """Cells sharing FP predictions: the leader runs first. entries: relative cache path -> ObjectRef of its
@@ -342,14 +327,19 @@ class RayExecutor(Executor):
                         submit(spec, key, attempts)
                         continue
                     result, new_entries = (
-                        _failed(spec, f"worker died {len(attempts)} times; last: {attempts[-1]}", attempts),
+                        worker_failed(
+                            spec, "ray", attempts, f"worker died {len(attempts)} times; last: {attempts[-1]}"
+                        ),
                         {},
                     )
                 except ray.exceptions.RayError as exc:  # the task itself raised: deterministic, no retry
                     if isinstance(getattr(exc, "cause", None), DiskFullError):
                         raise exc.cause from None  # not the cell's fault: stop the run, as in-process does
                     attempts.append(f"{type(exc).__name__}: {_first_line(exc)}")
-                    result, new_entries = _failed(spec, f"ray task error: {attempts[-1]}", attempts), {}
+                    result, new_entries = (
+                        worker_failed(spec, "ray", attempts, f"ray task error: {attempts[-1]}"),
+                        {},
+                    )
                 else:
                     result.provenance["executor"] = {
                         "name": "ray",
