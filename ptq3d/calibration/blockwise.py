@@ -224,6 +224,17 @@ class BlockData:
             for h in handles:
                 h.remove()
 
+    def input_absmax(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Per-channel max |x| [in] (float32) of each named module's input over all calibration tokens."""
+        amax: dict[str, torch.Tensor] = {}
+
+        def observe(rel, x):
+            m = x.detach().abs().reshape(-1, x.shape[-1]).amax(dim=0).float()
+            amax[rel] = m if rel not in amax else torch.maximum(amax[rel], m)
+
+        self.collect(observe, names)
+        return amax
+
     def replace(self, rel: str, new: nn.Module, fp_weight: torch.Tensor | None = None, fp_bias=None) -> None:
         """Swap the module at `rel` for `new` (see QuantContext.replace)."""
         self.ctx.replace(self.site(rel), new, fp_weight=fp_weight, fp_bias=fp_bias)

@@ -663,18 +663,6 @@ def materialize_block(bd, bt: BlockTransforms, quantize_weights: bool = True) ->
     return layers
 
 
-def collect_act_absmax(bd, names: list[str]) -> dict[str, torch.Tensor]:
-    """Per-channel max |x| [in] of each named linear's input over all calibration tokens."""
-    amax: dict[str, torch.Tensor] = {}
-
-    def observe(rel, x):
-        m = x.detach().abs().reshape(-1, x.shape[-1]).amax(dim=0).float()
-        amax[rel] = m if rel not in amax else torch.maximum(amax[rel], m)
-
-    bd.collect(observe, names)
-    return amax
-
-
 def flatquant_calibrate_block(
     bd, scheme: Scheme, config: FlatQuantConfig, channel_weight: torch.Tensor | None = None
 ) -> dict[str, float]:
@@ -684,7 +672,7 @@ def flatquant_calibrate_block(
     if not lins:
         return {"loss_init": float("nan"), "loss_final": float("nan"), "steps": 0}
     g = torch.Generator().manual_seed(config.seed * 100003 + bd.index)
-    amax = collect_act_absmax(bd, list(lins))
+    amax = bd.input_absmax(list(lins))
     bt = build_block_transforms(bd.block.module, lins, scheme, config, amax, g)
     try:
         rec = train_block(bd, bt, config, channel_weight, g)

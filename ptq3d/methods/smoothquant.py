@@ -106,17 +106,6 @@ class SmoothQuantConfig(MethodConfig):
         return [float(c) for c in cands]
 
 
-def _block_act_absmax(bd, names: list[str]) -> dict[str, torch.Tensor]:
-    amax: dict[str, torch.Tensor] = {}
-
-    def observe(rel, x):
-        m = x.detach().abs().reshape(-1, x.shape[-1]).amax(dim=0).float()
-        amax[rel] = m if rel not in amax else torch.maximum(amax[rel], m)
-
-    bd.collect(observe, names)
-    return amax
-
-
 def _smoothed_layers(bd, lins, amax, scheme, config: SmoothQuantConfig, alpha: float):
     """The block's smoothed QuantLinears at `alpha`, without touching the block: {rel: (QuantLinear, how,
     s_max)} and {norm name: (norm weight, norm bias)} to install. Folded linears are quantized from the
@@ -215,7 +204,7 @@ def quantize_smoothquant(model, calibration, scheme, config: SmoothQuantConfig, 
 
     def calibrate_block(bd) -> None:
         lins = bd.linears()
-        amax = _block_act_absmax(bd, list(lins))
+        amax = bd.input_absmax(list(lins))
         alpha = alphas[0]
         if len(alphas) > 1:
             errs = [_trial_error(bd, lins, amax, scheme, config, ctx, a) for a in alphas]
