@@ -157,6 +157,37 @@ class TimingStats:
         return d
 
 
+def _timed_call(fn: Callable[[], object], dev: torch.device) -> float:
+    """Seconds of one fn() call (CUDA synchronised on both sides)."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    t0 = time.perf_counter()
+    fn()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return time.perf_counter() - t0
+
+
+def _stats(
+    times: list[float], warmup: int, loads: list, backend: str | None, dev: torch.device
+) -> TimingStats:
+    loads = [v for v in loads if v is not None]
+    return TimingStats(
+        median_s=statistics.median(times),
+        min_s=min(times),
+        max_s=max(times),
+        n=len(times),
+        warmup=warmup,
+        times_s=tuple(times),
+        load_avg=max(loads) if loads else None,
+        cpu_count=cpu_count(),
+        allocator=allocator_info(),
+        backend=backend,
+        device=str(dev),
+        threads=torch.get_num_threads(),
+    )
+
+
 def time_callable(
     fn: Callable[[], object],
     warmup: int = 2,
@@ -172,38 +203,14 @@ def time_callable(
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"time_callable: repeats={repeats} must be >= 1 and warmup={warmup} >= 0")
     dev = torch.device(device)
-    cuda = dev.type == "cuda"
     load_before = load_average()
     for _ in range(warmup):
         fn()
-    if cuda:
-        torch.cuda.synchronize(dev)
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < repeats or (time.perf_counter() - start < min_time_s and len(times) < max_repeats):
-        if cuda:
-            torch.cuda.synchronize(dev)
-        t0 = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize(dev)
-        times.append(time.perf_counter() - t0)
-    load_after = load_average()
-    loads = [v for v in (load_before, load_after) if v is not None]
-    return TimingStats(
-        median_s=statistics.median(times),
-        min_s=min(times),
-        max_s=max(times),
-        n=len(times),
-        warmup=warmup,
-        times_s=tuple(times),
-        load_avg=max(loads) if loads else None,
-        cpu_count=cpu_count(),
-        allocator=allocator_info(),
-        backend=backend,
-        device=str(dev),
-        threads=torch.get_num_threads(),
-    )
+        times.append(_timed_call(fn, dev))
+    return _stats(times, warmup, [load_before, load_average()], backend, dev)
 
 
 def time_pair(
@@ -221,30 +228,17 @@ def time_pair(
     version in one cell. Returns (reference stats, candidate stats); speedup = ref.median_s / cand.median_s."""
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"time_pair: repeats={repeats} must be >= 1 and warmup={warmup} >= 0")
+    dev = torch.device(device)
+    load_before = load_average()
     for _ in range(warmup):
         reference()
         candidate()
-    runs: dict[str, list[TimingStats]] = {"ref": [], "cand": []}
+    ref_times, cand_times = [], []
     for _ in range(repeats):
-        runs["ref"].append(time_callable(reference, 0, 1, device=device))
-        runs["cand"].append(time_callable(candidate, 0, 1, device=device))
-
-    def merge(stats: list[TimingStats], backend: str | None) -> TimingStats:
-        times = tuple(t for s in stats for t in s.times_s)
-        loads = [s.load_avg for s in stats if s.load_avg is not None]
-        return TimingStats(
-            median_s=statistics.median(times),
-            min_s=min(times),
-            max_s=max(times),
-            n=len(times),
-            warmup=warmup,
-            times_s=times,
-            load_avg=max(loads) if loads else None,
-            cpu_count=stats[0].cpu_count,
-            allocator=stats[0].allocator,
-            backend=backend,
-            device=stats[0].device,
-            threads=stats[0].threads,
-        )
-
-    return merge(runs["ref"], reference_backend), merge(runs["cand"], candidate_backend)
+        ref_times.append(_timed_call(reference, dev))
+        cand_times.append(_timed_call(candidate, dev))
+    loads = [load_before, load_average()]
+    return (
+        _stats(ref_times, warmup, loads, reference_backend, dev),
+        _stats(cand_times, warmup, loads, candidate_backend, dev),
+    )
