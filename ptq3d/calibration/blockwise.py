@@ -49,6 +49,19 @@ def replace_module(root: nn.Module, name: str, new: nn.Module) -> nn.Module:
     return old
 
 
+def foldable_norm(root: nn.Module, name: str | None, width: int) -> nn.Module | None:
+    """The normalisation at dotted path `name` under `root` if a per-channel scale can fold into it: it exists
+    and has a 1-D weight of `width` entries (LayerNorm with affine, or RMSNorm); else None (also for name None)."""
+    if name is None:
+        return None
+    try:
+        norm = root.get_submodule(name)
+    except AttributeError:
+        return None
+    w = getattr(norm, "weight", None)
+    return norm if isinstance(w, torch.Tensor) and w.dim() == 1 and w.numel() == width else None
+
+
 class QuantContext:
     """Per-run helper for methods.
 
@@ -188,6 +201,10 @@ class BlockData:
 
     def module(self, rel: str) -> nn.Module:
         return self.block.module.get_submodule(rel)
+
+    def foldable_norm(self, name: str | None, width: int) -> nn.Module | None:
+        """The block's normalisation `name` if a per-channel scale of `width` can fold into it (foldable_norm)."""
+        return foldable_norm(self.block.module, name, width)
 
     @torch.no_grad()
     def run(self, inputs: list[torch.Tensor] | None = None) -> list[torch.Tensor]:

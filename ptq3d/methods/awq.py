@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import nn
 
 from ptq3d.errors import ConfigError
 from ptq3d.methods.registry import MethodConfig, register_method
@@ -139,15 +138,6 @@ def apply_clip(W: torch.Tensor, max_val: torch.Tensor) -> torch.Tensor:
     return torch.maximum(torch.minimum(W, m), -m)
 
 
-def _foldable_norm(bd, name: str, width: int) -> nn.Module | None:
-    try:
-        norm = bd.module(name)
-    except AttributeError:
-        return None
-    w = getattr(norm, "weight", None)
-    return norm if isinstance(w, torch.Tensor) and w.dim() == 1 and w.numel() == width else None
-
-
 def _block_mse(bd) -> float:
     outs = bd.run()
     return sum(((o - f) ** 2).mean().item() for o, f in zip(outs, bd.fp_outputs, strict=True))
@@ -169,7 +159,7 @@ def awq_calibrate_block(bd, scheme, config: AWQConfig, ctx) -> None:
         lin = lins[rel]
         W = lin.weight.detach().float().clone()
         x_mean = x_means[rel]
-        norm = _foldable_norm(bd, how, lin.in_features) if how not in ("v_rows", "online") else None
+        norm = bd.foldable_norm(how, lin.in_features) if how not in ("v_rows", "online") else None
         inspect_block = norm is not None
         v_ok = how == "v_rows" and "attn.qkv" in lins and lins["attn.qkv"].out_features == 3 * lin.in_features
 

@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ptq3d.calibration.blockwise import replace_module
+from ptq3d.calibration.blockwise import foldable_norm, replace_module
 from ptq3d.errors import ConfigError
 from ptq3d.methods.registry import MethodConfig, register_method
 from ptq3d.quant.qlinear import QuantLinear
@@ -405,19 +405,6 @@ def _num_heads(attn: nn.Module) -> int | None:
     return None
 
 
-def _foldable_norm(block: nn.Module, name: str | None, width: int) -> nn.Module | None:
-    if name is None:
-        return None
-    try:
-        norm = block.get_submodule(name)
-    except AttributeError:
-        return None
-    w = getattr(norm, "weight", None)
-    if isinstance(w, torch.Tensor) and w.dim() == 1 and w.numel() == width:
-        return norm
-    return None
-
-
 @dataclass
 class BlockTransforms:
     """The learnable state of one block: wrappers by relative linear name, the norm each diag scale folds
@@ -469,7 +456,7 @@ def build_block_transforms(
             trans = AffineTransform((heads, n // heads), diag=False, generator=g)
         else:
             trans = AffineTransform(kron_factors(n), diag=config.diag, generator=g)
-        norm = _foldable_norm(block, config.fold.get(rel), n) if config.diag else None
+        norm = foldable_norm(block, config.fold.get(rel), n) if config.diag else None
         fold_norm[rel] = norm
         trans.to(lin.weight.device)
         if act_absmax is not None and rel in act_absmax:

@@ -449,7 +449,7 @@ def calibrate_block(bd, scheme: Scheme, config: QuantVGGTConfig, ctx) -> dict[st
             p.requires_grad_(f)
     for rel, layer in layers.items():
         fold = config.fuse_norm and order == "scale_rot" and layer.smooth is not None and rel in config.fold
-        norm = _foldable_norm(bd, config.fold.get(rel), lins[rel].in_features) if fold else None
+        norm = bd.foldable_norm(config.fold.get(rel), lins[rel].in_features) if fold else None
         q, c = layer.export(fold_scale=norm is not None)
         lin = lins[rel]
         if c is not None:
@@ -481,17 +481,6 @@ def calibrate_block(bd, scheme: Scheme, config: QuantVGGTConfig, ctx) -> dict[st
         rec["calib_cuda_peak_bytes"] = int(torch.cuda.max_memory_allocated())
         rec["calib_cuda_start_peak_bytes"] = int(cuda0)
     return rec
-
-
-def _foldable_norm(bd, norm_name: str | None, width: int) -> nn.Module | None:
-    if norm_name is None:
-        return None
-    try:
-        norm = bd.module(norm_name)
-    except AttributeError:
-        return None
-    w = getattr(norm, "weight", None)
-    return norm if isinstance(w, torch.Tensor) and w.dim() == 1 and w.numel() == width else None
 
 
 @torch.no_grad()

@@ -172,17 +172,6 @@ def _layer_inputs(bd, rel: str) -> torch.Tensor:
     return torch.cat(xs)
 
 
-def _foldable_norm(bd, name: str | None, width: int) -> nn.Module | None:
-    if name is None:
-        return None
-    try:
-        norm = bd.module(name)
-    except AttributeError:
-        return None
-    w = getattr(norm, "weight", None)
-    return norm if isinstance(w, torch.Tensor) and w.dim() == 1 and w.numel() == width else None
-
-
 @torch.no_grad()
 def repq_calibrate_block(bd, scheme, config: RepQViTConfig, ctx) -> None:
     """Each linear in execution order: calibrate its activation quantizer on its current input (per channel
@@ -192,7 +181,7 @@ def repq_calibrate_block(bd, scheme, config: RepQViTConfig, ctx) -> None:
         site = bd.site(rel)
         with ctx.timed(site):
             x = _layer_inputs(bd, rel)
-            norm = _foldable_norm(bd, config.reparam.get(rel), lin.in_features)
+            norm = bd.foldable_norm(config.reparam.get(rel), lin.in_features)
             fp_weight = fp_bias = None
             if norm is not None:
                 cs, cz = percentile_qparams(x.t(), act, per_row=True)  # one row per channel

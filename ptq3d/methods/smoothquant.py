@@ -49,11 +49,6 @@ def smooth_norm_linears(norm: nn.Module, linears: list[nn.Linear], act_scales: t
     return scales
 
 
-def _foldable(norm: nn.Module | None, width: int) -> bool:
-    w = getattr(norm, "weight", None)
-    return isinstance(w, torch.Tensor) and w.dim() == 1 and w.numel() == width
-
-
 ALPHA_GRID: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
@@ -118,11 +113,8 @@ def _smoothed_layers(bd, lins, amax, scheme, config: SmoothQuantConfig, alpha: f
     layers: dict[str, tuple[nn.Module, str, float | None]] = {}
     norms: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
     for norm_name, members in by_norm.items():
-        try:
-            norm = bd.module(norm_name)
-        except AttributeError:
-            continue
-        if not _foldable(norm, lins[members[0]].in_features):
+        norm = bd.foldable_norm(norm_name, lins[members[0]].in_features)
+        if norm is None:
             continue
         act = torch.stack([amax[m] for m in members]).amax(dim=0)
         scales = smoothing_scales(act, [lins[m].weight.detach() for m in members], alpha)
