@@ -105,57 +105,30 @@ _DEPTH = (
 
 
 def _register_depth() -> None:
-    w = "depth.valid_pixels"
-    for key, hib, unit in _DEPTH:
-        register_metric(
-            MetricSpec(
-                f"depth.{key}",
-                lambda r, k=key: r.metrics[k],
-                hib,
-                "weighted",
-                "depth",
-                unit,
-                weight_key=w,
-                description=f"depth_evaluation '{key}' after the policy's alignment",
+    # one family per alignment: the policy's (all frames at once) and monocular (every frame aligned on its own,
+    # policy.mono_depth, Pi3 / CUT3R monodepth); frames weighted by valid pixels
+    families = (
+        ("depth", "depth", "after the policy's alignment", "scored depth pixels"),
+        ("depth.mono", "depth_mono", "after a per-frame alignment (Pi3 / CUT3R monodepth)", "scored monocular depth pixels"),
+    )  # fmt: skip
+    for prefix, task, how, count in families:
+        w = f"{prefix}.valid_pixels"
+        for key, hib, unit in _DEPTH:
+            register_metric(
+                MetricSpec(
+                    f"{prefix}.{key}",
+                    lambda r, k=key: r.metrics[k],
+                    hib,
+                    "weighted",
+                    task,
+                    unit,
+                    weight_key=w,
+                    description=f"depth_evaluation '{key}' {how}",
+                )
             )
-        )
-    register_metric(
-        MetricSpec(
-            w,
-            lambda r: r.metrics["valid_pixels"],
-            None,
-            "sum",
-            "depth",
-            "count",
-            description="scored depth pixels",
-        )
-    )
-    # monocular depth: every frame aligned on its own (policy.mono_depth), frames weighted by valid pixels
-    wm = "depth.mono.valid_pixels"
-    for key, hib, unit in _DEPTH:
         register_metric(
-            MetricSpec(
-                f"depth.mono.{key}",
-                lambda r, k=key: r.metrics[k],
-                hib,
-                "weighted",
-                "depth_mono",
-                unit,
-                weight_key=wm,
-                description=f"'{key}' after a per-frame alignment (Pi3 / CUT3R monodepth)",
-            )
+            MetricSpec(w, lambda r: r.metrics["valid_pixels"], None, "sum", task, "count", description=count)
         )
-    register_metric(
-        MetricSpec(
-            wm,
-            lambda r: r.metrics["valid_pixels"],
-            None,
-            "sum",
-            "depth_mono",
-            "count",
-            description="scored monocular depth pixels",
-        )
-    )
 
 
 _POINTS = (
