@@ -34,7 +34,6 @@ allow_missing.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from ptq3d.errors import UserError, unknown_name_error
+from ptq3d.results.bootstrap import paired_mean_difference
 from ptq3d.results.records import AGGREGATE_SCENE, FP_METHOD, short_hash
 from ptq3d.results.store import ResultsStore
 
@@ -184,19 +184,9 @@ def paired_bootstrap_ci(
         raise ValueError("paired_bootstrap_ci: no differences")
     if d.size == 1 or np.ptp(d) == 0:
         return float(d.mean()), float(d.mean())
-    from scipy.stats import bootstrap
-
-    with warnings.catch_warnings():  # a 2-scene resample distribution is coarse; that is the point of the CI
-        warnings.simplefilter("ignore")
-        res = bootstrap(
-            (d,),
-            np.mean,
-            confidence_level=confidence,
-            n_resamples=n_resamples,
-            method="percentile",
-            rng=np.random.default_rng(seed),
-        )
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+    # the leaderboard's paired bootstrap (scipy.stats.bootstrap's draw and percentile interval) on d vs 0
+    r = paired_mean_difference(d, np.zeros_like(d), n_resamples, confidence, seed)
+    return float(r.low), float(r.high)
 
 
 # --- result --------------------------------------------------------------------------------------------------
