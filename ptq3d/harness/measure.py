@@ -9,11 +9,9 @@ Stages run one at a time in a process, so process-wide peaks are per-stage peaks
 
 from __future__ import annotations
 
-import os
 import resource
 import threading
 import time
-from typing import Any
 
 from ptq3d.results.records import StageRecord
 
@@ -105,37 +103,3 @@ class StageTimer:
         if exc_type is not None:
             self.record.status = "failed"
             self.record.note = f"{exc_type.__name__}: {exc}"
-
-
-def latency_stats(samples_s: list[float]) -> dict[str, Any]:
-    """Median and p90 in milliseconds over timed repeats."""
-    import numpy as np
-
-    arr = np.asarray(samples_s, dtype=np.float64) * 1e3
-    return {
-        "median_ms": float(np.median(arr)),
-        "p90_ms": float(np.percentile(arr, 90)),
-        "min_ms": float(arr.min()),
-        "repeats": len(samples_s),
-    }
-
-
-def time_call(fn, warmup: int, repeats: int, use_cuda: bool = False) -> list[float]:
-    """Run fn() warmup times, then time `repeats` calls (seconds each; CUDA synchronised)."""
-    cuda = _cuda() if use_cuda else None
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(max(1, repeats)):
-        if cuda is not None:
-            cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if cuda is not None:
-            cuda.synchronize()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

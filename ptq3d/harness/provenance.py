@@ -58,7 +58,7 @@ def package_versions() -> dict[str, str | None]:
 @cache
 def device_info(device: str = "cpu") -> dict[str, Any]:
     """CPU model and count, and the GPU name when `device` is CUDA."""
-    from ptq3d.harness.measure import cpu_count
+    from ptq3d.kernels.timing import cpu_count
 
     info: dict[str, Any] = {
         "device": device,
