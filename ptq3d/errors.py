@@ -22,6 +22,11 @@ class ConfigError(UserError):
     """A run configuration or method configuration is invalid."""
 
 
+class MethodError(RuntimeError):
+    """A method produced something other than what was asked (e.g. it ignored a mixed-precision plan): a bug in
+    the method, reported instead of a result that would silently be wrong."""
+
+
 def unknown_name_error(kind: str, name: str, known: Iterable[str]) -> UserError:
     """'unknown method 'gtpq'; did you mean 'gptq'? (known: ...)'."""
     known = sorted(known)

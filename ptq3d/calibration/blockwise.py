@@ -95,6 +95,16 @@ class QuantContext:
     def weight_spec(self) -> QuantSpec:
         return self.scheme.weight
 
+    def scheme_for(self, site: str) -> Scheme:
+        """The plain Scheme of linear `site` (full name): the run's scheme with its mixed-precision plan applied
+        (the scheme itself when it has no plan)."""
+        block = self.site_block.get(site)
+        if block is None:
+            block = next(
+                (b.name for b in self.model.blocks(self.scope) if site.startswith(b.name + ".")), None
+            )
+        return self.scheme.for_site(site, block)
+
     @property
     def act_spec(self) -> QuantSpec | None:
         return self.scheme.act
@@ -198,6 +208,16 @@ class BlockData:
 
     def site(self, rel: str) -> str:
         return f"{self.block.name}.{rel}"
+
+    @property
+    def scheme(self) -> Scheme:
+        """This block's plain Scheme (the run's scheme with the plan's block entry applied). Methods build their
+        QuantLinears from it (or from scheme_for(rel) where a plan names single sites) so mixed plans hold."""
+        return self.ctx.scheme.for_block(self.block.name)
+
+    def scheme_for(self, rel: str) -> Scheme:
+        """The plain Scheme of the linear `rel` in this block (a plan's site entry wins over its block entry)."""
+        return self.ctx.scheme.for_site(self.site(rel), self.block.name)
 
     def module(self, rel: str) -> nn.Module:
         return self.block.module.get_submodule(rel)

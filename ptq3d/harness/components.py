@@ -216,8 +216,10 @@ class Components:
         config: dict[str, Any],
         scope: str,
         progress: bool = False,
+        plan: dict[str, Any] | None = None,
     ) -> QuantOutcome:
-        """Quantize a copy of `model` (the FP model must stay usable); progress: a bar per calibrated block."""
+        """Quantize a copy of `model` (the FP model must stay usable); progress: a bar per calibrated block;
+        plan: a mixed-precision plan as PrecisionPlan.to_dict (only passed when the method entry names one)."""
         raise NotImplementedError
 
     def backends(self, device: str) -> list[str]:

@@ -23,6 +23,8 @@ Schema (every key optional unless marked; relative paths are relative to the con
     label = "GPTQ (damp 0.01)"        # distinguishes two configs of one method
     preset = "paper"                  # "paper" (default) or a preset the method declares, e.g. "code"
     config = { percdamp = 0.01 }      # the method's config dataclass fields (over the preset's values)
+    plan = "plans/budget-4.5.toml"    # a mixed-precision plan (`ptq3d sensitivity --budget`) on every scheme;
+                                      # its content is part of the cell id, its name shows in the row label
     scope = "all"                     # this method's quantization scope (default: the method's own, else [eval])
     calibration = { builder = "nfds", num_scenes = 20, frames = 10, seeds = [0, 1], options = { num_clusters = 5 } }
                                       # overrides [calibration] for this method (same keys as [calibration])
@@ -119,6 +121,7 @@ _METHOD_KEYS = {
     "preset": str,
     "scope": str,
     "calibration": dict,
+    "plan": str,
 }
 _PROTOCOL_KEYS = {
     "name": str,
@@ -447,7 +450,16 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
             if preset != "paper" and preset not in (label or m["name"]):
                 label = f"{label or m['name']} ({preset})"  # the preset is part of what a row shows
             _check_plain(src, f"{where}.config", m.get("config", {}))
-            ref = MethodRef(m["name"], label, dict(m.get("config", {})), preset)
+            plan = None
+            if "plan" in m:
+                from ptq3d.quant.plan import PrecisionPlan
+
+                plan_path = _path(base_dir, m["plan"])
+                try:
+                    plan = PrecisionPlan.load(plan_path).to_dict()
+                except ConfigError as exc:
+                    raise ConfigError(f"{src}: {where}.plan = {m['plan']!r}: {exc}") from None
+            ref = MethodRef(m["name"], label, dict(m.get("config", {})), preset, plan=plan)
             cal = m.get("calibration")
             settings[ref.display] = MethodSettings(
                 m.get("scope"),

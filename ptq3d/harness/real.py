@@ -523,7 +523,9 @@ class RealComponents(Components):
         if grouping == "scene":
             return None
         if grouping != "category":
-            raise ConfigError(f"protocol '{ref.name}': pose_aggregation {grouping!r} is not 'scene' or 'category'")
+            raise ConfigError(
+                f"protocol '{ref.name}': pose_aggregation {grouping!r} is not 'scene' or 'category'"
+            )
         return scene_groups(scenes)
 
     # --- calibration and quantization ------------------------------------------------------------------
@@ -570,10 +572,16 @@ class RealComponents(Components):
     def calibration_hash(self, calibration: Any) -> str:
         return calibration.hash
 
-    def quantize(self, model, method, scheme, calibration, config, scope, progress=False) -> QuantOutcome:
+    def quantize(
+        self, model, method, scheme, calibration, config, scope, progress=False, plan=None
+    ) -> QuantOutcome:
         from ptq3d.methods import quantize_model
+        from ptq3d.quant.plan import PrecisionPlan
 
-        qm = quantize_model(model, method, scheme, calibration, config, scope, progress=progress)
+        plan_obj = None if plan is None else PrecisionPlan.from_dict(plan)
+        qm = quantize_model(
+            model, method, scheme, calibration, config, scope, progress=progress, plan=plan_obj
+        )
         st = qm.stats
         return QuantOutcome(qm, qm.manifest, st.to_dict(), st.wall_time_s, st.peak_rss_bytes)
 

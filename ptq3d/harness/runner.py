@@ -284,6 +284,7 @@ class _Cell:
                 dict(spec.method.config),
                 spec.options.scope,
                 progress=self.progress,
+                **({"plan": spec.method.plan} if spec.method.plan is not None else {}),
             )
         if calibration is None:
             rec.note = "no calibration data"

@@ -27,9 +27,10 @@ from torch import nn
 
 from ptq3d.calibration.blockwise import QuantContext, replace_module
 from ptq3d.calibration.sets import CalibrationSet
-from ptq3d.errors import CheckpointError, ConfigError, UserError
+from ptq3d.errors import CheckpointError, ConfigError, MethodError, UserError
 from ptq3d.methods.registry import get_method
 from ptq3d.models.base import GeometryModel
+from ptq3d.quant.plan import PrecisionPlan
 from ptq3d.quant.qlinear import QuantLinear, set_backend
 from ptq3d.quant.spec import QuantSpec, Scheme, get_scheme
 from ptq3d.quant.stats import CalibrationStats, PeakMemory
@@ -185,7 +186,18 @@ def effective_format(module: nn.Module, sites: dict[str, Any], fp_linears: list[
         extras.append(f"{len(fp_linears)} linears FP")
     bits_w = _majority([str(q.weight_spec.bits) for q in qls.values()])
     bits_a = _majority([str(q.act_spec.bits) if q.act_spec is not None else "16" for q in qls.values()])
-    short = f"W{bits_w} {weight} / " + (f"A{bits_a} {act}" if act != "fp" else "A16")
+    set_w = sorted({q.weight_spec.bits for q in qls.values()})
+    set_a = sorted({16 if q.act_spec is None else q.act_spec.bits for q in qls.values()})
+    if len(set_w) > 1:  # a mixed-precision plan: the parameter-weighted mean and the widths used
+        avg = sum(q.qweight.numel() * q.weight_spec.bits for q in qls.values()) / sum(
+            q.qweight.numel() for q in qls.values()
+        )
+        bits_w = f"{avg:.2f} mixed ({'/'.join(map(str, set_w))})"
+    if len(set_a) > 1:
+        short_act = f"A mixed ({'/'.join(map(str, set_a))})"
+    else:
+        short_act = f"A{bits_a} {act}" if act != "fp" else "A16"
+    short = f"W{bits_w} {weight} / {short_act}"
     if twin:
         short += " + twin"
     if comp:
@@ -251,15 +263,76 @@ def build_manifest(
             "fp_linear_weights": fp_params,
             "weight_spec": scheme.weight.describe() if sites else None,
             "act_spec": (scheme.act.describe() if scheme.act is not None else "fp") if sites else None,
+            **plan_summary(model.module),
         },
+        "plan": None if scheme.plan is None else {**scheme.plan.to_dict(), "hash": scheme.plan.hash},
     }
 
 
 def _check_widths(model: Any, scheme: Scheme, scope: str) -> None:
-    for name, lin in model.quant_sites(scope).items():
-        scheme.weight.check_width(lin.in_features, f"the weight of {name}")
-        if scheme.act is not None and scheme.act.granularity == "group":
-            scheme.act.check_width(lin.in_features, f"the input of {name}")
+    for blk, lins in model.iter_block_sites(scope):
+        for rel, lin in lins.items():
+            name = f"{blk.name}.{rel}"
+            sch = scheme.for_site(name, blk.name)
+            sch.weight.check_width(lin.in_features, f"the weight of {name}")
+            if sch.act is not None and sch.act.granularity == "group":
+                sch.act.check_width(lin.in_features, f"the input of {name}")
+
+
+def _check_plan_names(model: Any, plan: PrecisionPlan, scope: str) -> None:
+    blocks = [b.name for b in model.blocks(scope)]
+    plan.check_names(blocks, list(model.quant_sites(scope)))
+
+
+def _check_plan_held(
+    module: nn.Module, method: str, scheme: Scheme, site_block: dict[str, str | None]
+) -> None:
+    """MethodError naming the first site whose bits differ from what the plan asks: a method that built a layer
+    from the run-wide scheme instead of BlockData.scheme_for would otherwise report a mixed plan it did not run."""
+    for name, mod in module.named_modules():
+        if not isinstance(mod, QuantLinear):
+            continue
+        want = scheme.for_site(name, site_block.get(name))
+        want_a = None if want.act is None else want.act.bits
+        got_a = None if mod.act_spec is None else mod.act_spec.bits
+        if mod.weight_spec.bits != want.weight.bits or want_a != got_a:
+            raise MethodError(
+                f"method '{method}' ignored the precision plan '{scheme.plan.name}' at {name}: it has "
+                f"W{mod.weight_spec.bits}/A{got_a or 16}, the plan asks for W{want.weight.bits}/A{want_a or 16}"
+            )
+
+
+def plan_summary(module: nn.Module) -> dict[str, Any]:
+    """Bits and bytes of the quantized sites as built (mixed plans included).
+
+    effective_weight_bits: sum(numel * bits) / sum(numel) over the QuantLinear weights;
+    effective_act_bits: the same average weighted by in_features (16 for FP inputs), a per-site mean;
+    quantized_weight_bytes: packed codes + scales + zero-points, as ptq3d.kernels.model_bytes counts them;
+    bits_histogram: "W<b>A<b>" -> number of sites."""
+    from ptq3d.kernels import model_bytes
+
+    num = den = act_num = act_den = max_bits = 0
+    hist: dict[str, int] = {}
+    for mod in module.modules():
+        if isinstance(mod, QuantLinear):
+            n = mod.qweight.numel()
+            num += n * mod.weight_spec.bits
+            den += n
+            max_bits = max(max_bits, mod.weight_spec.bits)
+            ab = 16 if mod.act_spec is None else mod.act_spec.bits
+            act_num += mod.in_features * ab
+            act_den += mod.in_features
+            key = f"W{mod.weight_spec.bits}A{ab}"
+            hist[key] = hist.get(key, 0) + 1
+    return {
+        "effective_weight_bits": num / den if den else None,
+        "effective_act_bits": act_num / act_den if act_den else None,
+        # None where a site has no integer packing (weights above 8 bits, e.g. a 16-bit exactness check)
+        "quantized_weight_bytes": (
+            int(model_bytes(module).quant_packed_bytes) if den and max_bits <= 8 else None
+        ),
+        "bits_histogram": dict(sorted(hist.items())),
+    }
 
 
 def quantize_model(
@@ -273,6 +346,7 @@ def quantize_model(
     progress: bool = False,
     inplace: bool = False,
     preset: str = "paper",
+    plan: PrecisionPlan | str | Path | None = None,
 ) -> QuantizedModel:
     """Quantize `model` (GeometryModel) with registered `method` at `scheme` (name like "w4a8" or a Scheme).
 
@@ -281,6 +355,9 @@ def quantize_model(
     The input model is left untouched unless inplace=True (it is deep-copied). progress: tqdm per block.
     preset: the method's preset ("paper" default, "code" where the authors' release differs; MethodSpec.presets)
     applied before the explicit config keys; recorded in the manifest with the effective format.
+    plan: a mixed-precision plan (PrecisionPlan or a .toml/.json path) on top of `scheme` (which may also carry
+    one: Scheme.with_plan); every unit it names must exist in scope, and every site must end with the bits the
+    plan asks for (else MethodError). The manifest records the plan, effective bits and bytes.
     """
     spec = get_method(method)
     cfg = spec.make_config(config, preset=preset)
@@ -290,10 +367,17 @@ def quantize_model(
         scheme_obj = FP_SCHEME
     else:
         scheme_obj = get_scheme(scheme)
+    if plan is not None:
+        if scheme is None:
+            raise ConfigError("a precision plan needs a base scheme (e.g. w4a16)")
+        plan_obj = plan if isinstance(plan, PrecisionPlan) else PrecisionPlan.load(plan)
+        scheme_obj = scheme_obj.with_plan(plan_obj)
     if getattr(cfg, "act_static", False):
         scheme_obj = scheme_obj.with_static_act()
     if scope not in ("aggregator", "all"):
         raise ConfigError(f"scope must be 'aggregator' or 'all', got {scope!r}")
+    if scheme_obj.plan is not None:
+        _check_plan_names(model, scheme_obj.plan, scope)
     if method != "fp":
         _check_widths(model, scheme_obj, scope)
     static = scheme_obj.act is not None and not scheme_obj.act.dynamic
@@ -306,6 +390,9 @@ def quantize_model(
         raise ConfigError(f"method '{method}' needs a calibration set for {why}; pass calibration=")
     if calibration is not None and not isinstance(calibration, CalibrationSet):
         raise ConfigError(f"calibration must be a CalibrationSet, got {type(calibration).__name__}")
+    site_blocks = {
+        s: b.name for b, lins in model.iter_block_sites(scope) for s in (f"{b.name}.{r}" for r in lins)
+    }
     target = model if inplace else copy.deepcopy(model)
     target.module.eval()
     ctx = QuantContext(target, scope, scheme_obj, progress, method, spec.propagate)
@@ -321,6 +408,8 @@ def quantize_model(
         pm.cuda_peak_bytes,
     )
     st.num_calibration_samples = 0 if calibration is None else len(calibration)
+    if scheme_obj.plan is not None:
+        _check_plan_held(target.module, method, scheme_obj, site_blocks)
     manifest = build_manifest(target, scope, method, scheme_obj, cfg, calibration, preset)
     return QuantizedModel(
         target, manifest, st, method, scheme_obj, cfg, None if calibration is None else calibration.hash

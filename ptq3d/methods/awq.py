@@ -144,9 +144,10 @@ def _block_mse(bd) -> float:
 
 
 @torch.no_grad()
-def awq_calibrate_block(bd, scheme, config: AWQConfig, ctx) -> None:
-    """Scale search and fold (per group), clipping search, RTN: module docstring."""
-    spec, rule = scheme.weight, config.sym_rule
+def awq_calibrate_block(bd, config: AWQConfig, ctx) -> None:
+    """Scale search and fold (per group), clipping search, RTN: module docstring. Each linear at its own
+    scheme (bd.scheme_for: the run's scheme with its mixed-precision plan applied)."""
+    rule = config.sym_rule
     lins = bd.linears()
     folds = {rel: how for rel, how in config.fold_targets().items() if rel in lins}
     feats: dict[str, list[torch.Tensor]] = {rel: [] for rel in lins}
@@ -157,6 +158,7 @@ def awq_calibrate_block(bd, scheme, config: AWQConfig, ctx) -> None:
     online: dict[str, torch.Tensor] = {}
     for rel, how in folds.items():
         lin = lins[rel]
+        spec = bd.scheme_for(rel).weight
         W = lin.weight.detach().float().clone()
         x_mean = x_means[rel]
         norm = bd.foldable_norm(how, lin.in_features) if how not in ("v_rows", "online") else None
@@ -165,7 +167,7 @@ def awq_calibrate_block(bd, scheme, config: AWQConfig, ctx) -> None:
 
         if inspect_block:
 
-            def trial(s, lin=lin, W=W):
+            def trial(s, lin=lin, W=W, spec=spec):
                 lin.weight.copy_(scaled_fake_weight(W, s, spec, rule))
                 try:
                     return _block_mse(bd)
@@ -174,7 +176,7 @@ def awq_calibrate_block(bd, scheme, config: AWQConfig, ctx) -> None:
         else:
             ref = X[rel] @ W.t()
 
-            def trial(s, W=W, ref=ref, x=X[rel]):
+            def trial(s, W=W, ref=ref, x=X[rel], spec=spec):
                 return (x @ scaled_fake_weight(W, s, spec, rule).t() - ref).pow(2).mean().item()
 
         s, alpha, losses = search_scale(x_mean, config.n_grid, trial)
@@ -198,6 +200,8 @@ def awq_calibrate_block(bd, scheme, config: AWQConfig, ctx) -> None:
             where = "online"
         ctx.stats.layer(bd.site(rel), awq_alpha=alpha, awq_scaling=where, awq_loss=min(losses))
     for rel, lin in lins.items():
+        scheme = bd.scheme_for(rel)
+        spec = scheme.weight
         with ctx.timed(bd.site(rel)):
             transform = ChannelScale(online[rel]) if rel in online else None
             W = lin.weight.detach().float()
@@ -240,4 +244,4 @@ def quantize_awq(model, calibration, scheme, config: AWQConfig, ctx) -> None:
     """AWQ: activation-aware per-channel scale search (folded into the norms / v rows), clipping search, RTN."""
     if config.n_grid < 1:
         raise ConfigError(f"awq n_grid={config.n_grid}: must be >= 1")
-    ctx.blockwise(calibration, lambda bd: awq_calibrate_block(bd, scheme, config, ctx))
+    ctx.blockwise(calibration, lambda bd: awq_calibrate_block(bd, config, ctx))

@@ -368,7 +368,6 @@ def _optimize(bd, targets, weights, params_groups, iters, step_loss, gen, fp_inp
 
 def reconstruct_block(
     bd,
-    scheme: Scheme,
     config: BRECQConfig,
     targets: list[torch.Tensor],
     channel_weight: torch.Tensor | None = None,
@@ -379,12 +378,13 @@ def reconstruct_block(
 ) -> dict[str, QuantLinear]:
     """Reconstruct every linear of block `bd` towards `targets` (per sample, [1, S, P, C]); returns the
     hard-rounded QuantLinears by relative name, WITHOUT installing them (the block keeps its nn.Linears).
+    Each linear at its own scheme (bd.scheme_for: the run's scheme with its mixed-precision plan applied).
 
     joint=False (BRECQ): weights first (activations FP), then the activation steps (weights hard).
     joint=True (QDrop): weights and activation steps together, activations quantized with element-wise drop
     probability `drop_prob` and block inputs mixed with `fp_inputs` at the same rate."""
     lins = bd.linears()
-    layers = {rel: RoundingLinear(lin, scheme, config) for rel, lin in lins.items()}
+    layers = {rel: RoundingLinear(lin, bd.scheme_for(rel), config) for rel, lin in lins.items()}
     params = list(bd.ctx.model.module.parameters())  # block glue may read parameters outside the block
     flags = [p.requires_grad for p in params]
     gen = torch.Generator().manual_seed(config.seed + 1000 * bd.index)
@@ -394,7 +394,7 @@ def reconstruct_block(
             p.requires_grad_(False)
         for rel, rl in layers.items():
             replace_module(bd.block.module, rel, rl)
-        quant_act = scheme.act is not None
+        quant_act = any(rl.act_spec is not None for rl in layers.values())
         step_init: dict[str, float] = {}
         if quant_act:
             for rl in layers.values():
@@ -528,7 +528,6 @@ def run_reconstruction(model, calibration, scheme, config: BRECQConfig, ctx, *, 
         targets = fp_out if config.asym else bd.fp_outputs
         qls = reconstruct_block(
             bd,
-            scheme,
             config,
             targets,
             weights.get(bd.block.name),

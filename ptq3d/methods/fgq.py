@@ -467,7 +467,7 @@ def quantize_fgq(model, calibration, scheme, config: FGQConfig, ctx) -> None:
         weights = fisher_weights(fisher, config)
         ctx.stats.fisher = fisher
         _stats_extra(ctx.stats)["fisher"] = fisher.summary()
-    run_flatquant(ctx, calibration, scheme, config, weights)
+    run_flatquant(ctx, calibration, config, weights)
     if fisher is not None:
         means = fisher.block_means()
         for rec in ctx.stats.blocks:

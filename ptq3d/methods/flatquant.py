@@ -46,6 +46,7 @@ transformed, clipped and rounded to integer codes.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -430,18 +431,15 @@ class BlockTransforms:
 def build_block_transforms(
     block: nn.Module,
     linears: dict[str, nn.Linear],
-    scheme: Scheme,
+    scheme: Scheme | Callable[[str], Scheme],
     config: FlatQuantConfig,
     act_absmax: dict[str, torch.Tensor] | None = None,
     generator: torch.Generator | None = None,
 ) -> BlockTransforms:
     """Create the transforms and wrappers for one block and swap the wrappers in (module docstring).
+    scheme: one Scheme for every linear, or rel name -> Scheme (BlockData.scheme_for, for mixed-precision plans).
     act_absmax: per-linear max |input| per channel [in] for the diag initialisation (None: diag stays 1)."""
     g = generator if generator is not None else torch.Generator().manual_seed(config.seed)
-    act_spec = scheme.act
-    if act_spec is not None and not act_spec.dynamic:
-        # train against dynamic per-tensor ranges; static ranges are observed after materialising
-        act_spec = QuantSpec(act_spec.bits, "tensor", act_spec.symmetric, None, dynamic=True)
     wrappers: dict[str, FlatQuantLinear] = {}
     fold_norm: dict[str, nn.Module | None] = {}
     heads = None
@@ -451,6 +449,11 @@ def build_block_transforms(
         if heads is not None and linears[config.proj_name].in_features % heads:
             heads = None
     for rel, lin in linears.items():
+        sch = scheme(rel) if callable(scheme) else scheme
+        act_spec = sch.act
+        if act_spec is not None and not act_spec.dynamic:
+            # train against dynamic per-tensor ranges; static ranges are observed after materialising
+            act_spec = QuantSpec(act_spec.bits, "tensor", act_spec.symmetric, None, dynamic=True)
         n = lin.in_features
         if rel == config.proj_name and heads is not None:
             trans = AffineTransform((heads, n // heads), diag=False, generator=g)
@@ -461,7 +464,7 @@ def build_block_transforms(
         trans.to(lin.weight.device)
         if act_absmax is not None and rel in act_absmax:
             trans.init_diag(act_absmax[rel], [lin.weight.detach()], config.smooth_alpha)
-        wrappers[rel] = FlatQuantLinear(lin, trans, scheme, config, act_spec).to(lin.weight.device)
+        wrappers[rel] = FlatQuantLinear(lin, trans, sch, config, act_spec).to(lin.weight.device)
     qkv = linears.get(config.qkv_name)
     proj = linears.get(config.proj_name)
     if (
@@ -651,16 +654,17 @@ def materialize_block(bd, bt: BlockTransforms, quantize_weights: bool = True) ->
 
 
 def flatquant_calibrate_block(
-    bd, scheme: Scheme, config: FlatQuantConfig, channel_weight: torch.Tensor | None = None
+    bd, config: FlatQuantConfig, channel_weight: torch.Tensor | None = None
 ) -> dict[str, float]:
-    """The whole FlatQuant step for one block: init transforms, train, materialise, static ranges.
+    """The whole FlatQuant step for one block: init transforms, train, materialise, static ranges; each linear at
+    its own scheme (bd.scheme_for: the run's scheme with its mixed-precision plan applied).
     channel_weight [C]: FGQ's per-channel loss weights for this block (None = plain MSE)."""
     lins = bd.linears()
     if not lins:
         return {"loss_init": float("nan"), "loss_final": float("nan"), "steps": 0}
     g = torch.Generator().manual_seed(config.seed * 100003 + bd.index)
     amax = bd.input_absmax(list(lins))
-    bt = build_block_transforms(bd.block.module, lins, scheme, config, amax, g)
+    bt = build_block_transforms(bd.block.module, lins, bd.scheme_for, config, amax, g)
     try:
         rec = train_block(bd, bt, config, channel_weight, g)
     except BaseException:
@@ -677,19 +681,17 @@ def flatquant_calibrate_block(
 def quantize_flatquant(model, calibration, scheme, config: FlatQuantConfig, ctx) -> None:
     """FlatQuant: learnable Kronecker affine transforms + LWC/LAC, block-wise MSE reconstruction."""
     config.check()
-    run_flatquant(ctx, calibration, scheme, config, None)
+    run_flatquant(ctx, calibration, config, None)
 
 
-def run_flatquant(
-    ctx, calibration, scheme: Scheme, config: FlatQuantConfig, weights: torch.Tensor | None
-) -> None:
+def run_flatquant(ctx, calibration, config: FlatQuantConfig, weights: torch.Tensor | None) -> None:
     """The block loop shared by flatquant and fgq. weights: [blocks, C] channel weights or None. Adds
     flatquant_loss_init / flatquant_loss_final / flatquant_steps to each block record."""
     per_block: dict[str, dict[str, float]] = {}
 
     def calibrate(bd) -> None:
         cw = None if weights is None else weights[bd.index]
-        per_block[bd.block.name] = flatquant_calibrate_block(bd, scheme, config, cw)
+        per_block[bd.block.name] = flatquant_calibrate_block(bd, config, cw)
 
     records = ctx.blockwise(calibration, calibrate)
     for rec in records:

@@ -280,11 +280,11 @@ def hessian_rel_error(W: torch.Tensor, Q: torch.Tensor, H: torch.Tensor) -> floa
 
 def gptq_calibrate_block(
     bd,
-    scheme: Scheme,
     config: GPTQConfig,
     transform_for: Callable[[str, nn.Linear], InputTransform | None] | None = None,
 ) -> None:
-    """GPTQ every linear of a block (BlockData), one at a time (true_sequential) or all from one pass."""
+    """GPTQ every linear of a block (BlockData), one at a time (true_sequential) or all from one pass; each at
+    its own scheme (bd.scheme_for: the run's scheme with its mixed-precision plan applied)."""
     ctx = bd.ctx
     lins = bd.linears()
     order = [[n] for n in lins] if config.true_sequential else [list(lins)]
@@ -304,7 +304,7 @@ def gptq_calibrate_block(
         for n in group:
             site = bd.site(n)
             t0 = time.perf_counter()
-            ql, res = gptq_linear(lins[n], accs[n].H, scheme, config, transforms[n])
+            ql, res = gptq_linear(lins[n], accs[n].H, bd.scheme_for(n), config, transforms[n])
             t_quant = time.perf_counter() - t0
             W = lins[n].weight.detach().float()
             if transforms[n] is not None:
@@ -325,4 +325,4 @@ def gptq_calibrate_block(
 @register_method("gptq", config=GPTQConfig, requires_calibration="always", propagate="quantized", version="2")
 def quantize_gptq(model, calibration, scheme, config: GPTQConfig, ctx) -> None:
     """GPTQ weights (Hessian from calibration inputs), scheme activations; sequential over blocks."""
-    ctx.blockwise(calibration, lambda bd: gptq_calibrate_block(bd, scheme, config))
+    ctx.blockwise(calibration, lambda bd: gptq_calibrate_block(bd, config))

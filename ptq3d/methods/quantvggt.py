@@ -398,7 +398,11 @@ def _cosine_lr(step: int, total: int, base: float, floor: float) -> float:
     return floor + (base - floor) * (1 + math.cos(math.pi * step / total)) / 2
 
 
-def calibrate_block(bd, scheme: Scheme, config: QuantVGGTConfig, ctx) -> dict[str, Any]:
+def _specs(scheme: Scheme) -> tuple[QuantSpec, QuantSpec | None]:
+    return scheme.weight, scheme.act
+
+
+def calibrate_block(bd, config: QuantVGGTConfig, ctx) -> dict[str, Any]:
     """Initialise, train and export every linear of one block (module docstring). Returns the block's
     calibration record: time, peak memory, losses, steps."""
     t0 = time.perf_counter()
@@ -429,7 +433,7 @@ def calibrate_block(bd, scheme: Scheme, config: QuantVGGTConfig, ctx) -> dict[st
     for p in flags:
         p.requires_grad_(False)
     layers = {
-        rel: SmoothRotLinear(lin, scheme.weight, scheme.act, rotations[rel], smooth0[rel], order, config)
+        rel: SmoothRotLinear(lin, *_specs(bd.scheme_for(rel)), rotations[rel], smooth0[rel], order, config)
         for rel, lin in lins.items()
     }
     for rel, layer in layers.items():
@@ -471,7 +475,7 @@ def calibrate_block(bd, scheme: Scheme, config: QuantVGGTConfig, ctx) -> dict[st
             smooth_max=None if layer.smooth is None else float(layer.scale().detach().max()),
             smooth_min=None if layer.smooth is None else float(layer.scale().detach().min()),
         )
-    if scheme.act is not None and not scheme.act.dynamic:
+    if bd.scheme.act is not None and not bd.scheme.act.dynamic:
         bd.calibrate_static_acts()
     sample_mem()
     rec["calib_time_s"] = time.perf_counter() - t0
@@ -540,7 +544,7 @@ def quantize_quantvggt(model, calibration, scheme, config: QuantVGGTConfig, ctx)
     records: dict[str, dict[str, Any]] = {}
 
     def calibrate(bd) -> None:
-        records[bd.block.name] = calibrate_block(bd, scheme, config, ctx)
+        records[bd.block.name] = calibrate_block(bd, config, ctx)
 
     for blk in ctx.blockwise(calibration, calibrate):
         blk.update(records.get(blk["name"], {}))

@@ -253,19 +253,19 @@ def quantize_quarot(model, calibration, scheme, config: QuaRotConfig, ctx) -> No
         return online_only(site, linear) if block is not None else per_linear(site, linear)
 
     if config.weight_method == "gptq":  # calibration is guaranteed: QuaRotConfig.needs_calibration
-        ctx.blockwise(calibration, lambda bd: gptq_calibrate_block(bd, scheme, config, make))
+        ctx.blockwise(calibration, lambda bd: gptq_calibrate_block(bd, config, make))
         return
     if calibration is None:
         for site, lin in ctx.sites().items():
             with ctx.timed(site):
-                q = rtn_linear(lin, scheme, config, make(site, lin))
+                q = rtn_linear(lin, ctx.scheme_for(site), config, make(site, lin))
             ctx.replace(site, q)
         return
 
     def calibrate_block(bd) -> None:
         for rel, lin in bd.linears().items():
             with ctx.timed(bd.site(rel)):
-                q = rtn_linear(lin, scheme, config, make(bd.site(rel), lin))
+                q = rtn_linear(lin, bd.scheme_for(rel), config, make(bd.site(rel), lin))
             bd.replace(rel, q)
         bd.calibrate_static_acts()
 

@@ -173,11 +173,17 @@ def _layer_inputs(bd, rel: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def repq_calibrate_block(bd, scheme, config: RepQViTConfig, ctx) -> None:
+def repq_calibrate_block(bd, config: RepQViTConfig, ctx) -> None:
     """Each linear in execution order: calibrate its activation quantizer on its current input (per channel
-    + reparameterization after a foldable LayerNorm, per tensor elsewhere), then its weight quantizer."""
-    act = scheme.act
+    + reparameterization after a foldable LayerNorm, per tensor elsewhere), then its weight quantizer; each at
+    its own scheme (bd.scheme_for: the run's scheme with its mixed-precision plan applied)."""
     for rel, lin in bd.linears().items():
+        scheme = bd.scheme_for(rel)
+        act = scheme.act
+        if act is None:
+            raise ConfigError(
+                f"repq-vit: the plan keeps the activations of {bd.site(rel)} FP; RepQ-ViT needs them quantized"
+            )
         site = bd.site(rel)
         with ctx.timed(site):
             x = _layer_inputs(bd, rel)
@@ -229,4 +235,4 @@ def quantize_repq_vit(model, calibration, scheme, config: RepQViTConfig, ctx) ->
             f"repq-vit uses static per-tensor activation quantizers; scheme {scheme.name} has dynamic ones with "
             "act_static=false (set act_static=true or use a -static scheme)"
         )
-    ctx.blockwise(calibration, lambda bd: repq_calibrate_block(bd, scheme, config, ctx))
+    ctx.blockwise(calibration, lambda bd: repq_calibrate_block(bd, config, ctx))

@@ -49,14 +49,14 @@ def quantize_rtn(model, calibration, scheme, config: RTNConfig, ctx) -> None:
     if calibration is None:
         for site, lin in ctx.sites().items():
             with ctx.timed(site):
-                q = rtn_linear(lin, scheme, config)
+                q = rtn_linear(lin, ctx.scheme_for(site), config)
             ctx.replace(site, q)
         return
 
     def calibrate_block(bd) -> None:
         for rel, lin in bd.linears().items():
             with ctx.timed(bd.site(rel)):
-                q = rtn_linear(lin, scheme, config)
+                q = rtn_linear(lin, bd.scheme_for(rel), config)
             bd.replace(rel, q)
         bd.calibrate_static_acts()
 

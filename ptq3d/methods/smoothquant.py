@@ -101,7 +101,7 @@ class SmoothQuantConfig(MethodConfig):
         return [float(c) for c in cands]
 
 
-def _smoothed_layers(bd, lins, amax, scheme, config: SmoothQuantConfig, alpha: float):
+def _smoothed_layers(bd, lins, amax, config: SmoothQuantConfig, alpha: float):
     """The block's smoothed QuantLinears at `alpha`, without touching the block: {rel: (QuantLinear, how,
     s_max)} and {norm name: (norm weight, norm bias)} to install. Folded linears are quantized from the
     smoothed weight W diag(s); their norm gets weight / s and bias / s."""
@@ -138,7 +138,7 @@ def _smoothed_layers(bd, lins, amax, scheme, config: SmoothQuantConfig, alpha: f
 
 
 @torch.no_grad()
-def _apply(bd, lins, layers, norms, scheme, config, ctx, alpha, commit: bool):
+def _apply(bd, lins, layers, norms, config, ctx, alpha, commit: bool):
     """Install norms and QuantLinears. commit=False: a trial (plain swaps, undone by the caller);
     commit=True: through bd.replace (FP references, stats)."""
     for norm_name, (w, b) in norms.items():
@@ -150,7 +150,7 @@ def _apply(bd, lins, layers, norms, scheme, config, ctx, alpha, commit: bool):
         transform = extra if isinstance(extra, ChannelScale) else None
         if commit:
             with ctx.timed(bd.site(rel)):
-                q = rtn_linear(lin, scheme, config, transform)
+                q = rtn_linear(lin, bd.scheme_for(rel), config, transform)
             # FP reference of a folded linear = the smoothed linear on the smoothed norm output
             bd.replace(rel, q, fp_weight=lin.weight.detach().float() if how.startswith("folded") else None)
             info = {"smoothing": how, "alpha": alpha}
@@ -158,13 +158,13 @@ def _apply(bd, lins, layers, norms, scheme, config, ctx, alpha, commit: bool):
                 info["smooth_max"] = extra
             ctx.stats.layer(bd.site(rel), **info)
         else:
-            replace_module(bd.block.module, rel, rtn_linear(lin, scheme, config, transform))
+            replace_module(bd.block.module, rel, rtn_linear(lin, bd.scheme_for(rel), config, transform))
 
 
 @torch.no_grad()
-def _trial_error(bd, lins, amax, scheme, config, ctx, alpha: float) -> float:
+def _trial_error(bd, lins, amax, config, ctx, alpha: float) -> float:
     """Block-output MSE against the FP block with the block smoothed and quantized at `alpha` (then undone)."""
-    layers, norms = _smoothed_layers(bd, lins, amax, scheme, config, alpha)
+    layers, norms = _smoothed_layers(bd, lins, amax, config, alpha)
     saved = {
         n: (
             bd.module(n).weight.detach().clone(),
@@ -173,8 +173,8 @@ def _trial_error(bd, lins, amax, scheme, config, ctx, alpha: float) -> float:
         for n in norms
     }
     try:
-        _apply(bd, lins, layers, norms, scheme, config, ctx, alpha, commit=False)
-        if scheme.act is not None and not scheme.act.dynamic:
+        _apply(bd, lins, layers, norms, config, ctx, alpha, commit=False)
+        if bd.scheme.act is not None and not bd.scheme.act.dynamic:
             bd.calibrate_static_acts()
         outs = bd.run()
         return float(sum(((o - f) ** 2).mean().item() for o, f in zip(outs, bd.fp_outputs, strict=True)))
@@ -199,10 +199,10 @@ def quantize_smoothquant(model, calibration, scheme, config: SmoothQuantConfig, 
         amax = bd.input_absmax(list(lins))
         alpha = alphas[0]
         if len(alphas) > 1:
-            errs = [_trial_error(bd, lins, amax, scheme, config, ctx, a) for a in alphas]
+            errs = [_trial_error(bd, lins, amax, config, ctx, a) for a in alphas]
             alpha = alphas[min(range(len(alphas)), key=errs.__getitem__)]
-        layers, norms = _smoothed_layers(bd, lins, amax, scheme, config, alpha)
-        _apply(bd, lins, layers, norms, scheme, config, ctx, alpha, commit=True)
+        layers, norms = _smoothed_layers(bd, lins, amax, config, alpha)
+        _apply(bd, lins, layers, norms, config, ctx, alpha, commit=True)
         bd.calibrate_static_acts()
 
     ctx.blockwise(calibration, calibrate_block)

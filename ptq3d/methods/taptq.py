@@ -434,7 +434,7 @@ class TAPTQ:
     def quantize_linear(
         self, site: str, rel: str, lin: nn.Linear, d: dict[str, Any]
     ) -> tuple[QuantLinear, LinearSearchResult]:
-        cfg, scheme = self.cfg, self.scheme
+        cfg, scheme = self.cfg, self.ctx.scheme_for(site)  # the unit's bits under a mixed-precision plan
         X = torch.cat(d["x"])
         W = lin.weight.detach().float()
         if cfg.weight_granularity == "channel":

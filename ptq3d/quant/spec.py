@@ -29,6 +29,7 @@ from typing import Literal
 import torch
 
 from ptq3d.errors import ConfigError, unknown_name_error
+from ptq3d.quant.plan import PrecisionPlan, parse_entry
 
 Granularity = Literal["tensor", "channel", "group", "token"]
 SymRule = Literal["absmax", "range"]
@@ -101,24 +102,73 @@ class QuantSpec:
 
 @dataclass(frozen=True)
 class Scheme:
-    """A named weight spec + activation spec (None = activations stay floating point)."""
+    """A named weight spec + activation spec (None = activations stay floating point), optionally with a
+    mixed-precision plan (ptq3d.quant.plan.PrecisionPlan) that changes bits per block or per site.
+
+    With a plan, `weight` / `act` are the base formats; a method asks `for_block(block)` or
+    `for_site(site, block)` for the plain Scheme of one unit (BlockData.scheme does this in the block loop).
+    """
 
     name: str
     weight: QuantSpec
     act: QuantSpec | None
+    plan: PrecisionPlan | None = None
+
+    @property
+    def is_mixed(self) -> bool:
+        return self.plan is not None
+
+    @property
+    def base_name(self) -> str:
+        return self.name.split("+", 1)[0]
+
+    def with_plan(self, plan: PrecisionPlan | None) -> Scheme:
+        """This scheme's formats with `plan` on top, named "<base>+<plan name>" (None: the plain base scheme)."""
+        base = self.base_name
+        if plan is None:
+            return Scheme(base, self.weight, self.act)
+        return Scheme(f"{base}+{plan.name}", self.weight, self.act, plan)
+
+    def for_site(self, site: str | None, block: str | None = None) -> Scheme:
+        """The plain Scheme of one linear (`site`, full name) in `block`: the plan's bits, the base's formats."""
+        entry = None if self.plan is None else self.plan.entry_for(site, block)
+        if entry is None:
+            return self if self.plan is None else Scheme(self.base_name, self.weight, self.act)
+        wb, ab = parse_entry(entry, f"plan '{self.plan.name}'")
+        weight = replace(self.weight, bits=wb)
+        if ab is None:
+            act = self.act
+        elif ab >= 16:
+            act = None
+        elif self.act is None:
+            act = _act_spec(ab, symmetric=self.weight.symmetric)
+        else:
+            act = replace(self.act, bits=ab)
+        return Scheme(f"{self.base_name}@{entry}", weight, act)
+
+    def for_block(self, block: str | None) -> Scheme:
+        """The plain Scheme of `block` (its block entry; site entries need for_site)."""
+        return self.for_site(None, block)
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "name": self.name,
             "weight": self.weight.to_dict(),
             "act": None if self.act is None else self.act.to_dict(),
         }
+        if self.plan is not None:
+            d["plan"] = self.plan.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Scheme:
         act = d.get("act")
+        plan = d.get("plan")
         return cls(
-            d["name"], QuantSpec.from_dict(d["weight"]), None if act is None else QuantSpec.from_dict(act)
+            d["name"],
+            QuantSpec.from_dict(d["weight"]),
+            None if act is None else QuantSpec.from_dict(act),
+            None if plan is None else PrecisionPlan.from_dict(plan),
         )
 
     def with_static_act(self) -> Scheme:
@@ -126,7 +176,8 @@ class Scheme:
         if self.act is None:
             return self
         act = QuantSpec(self.act.bits, "tensor", self.act.symmetric, None, dynamic=False)
-        return Scheme(self.name + "-static", self.weight, act)
+        suffix = self.name[len(self.base_name) :]
+        return Scheme(self.base_name + "-static" + suffix, self.weight, act, self.plan)
 
 
 def _weight_spec(bits: int, group: int | None = None, symmetric: bool = True) -> QuantSpec:

@@ -84,17 +84,22 @@ class MethodRef:
     """name: registered method; label: shown in tables (defaults to name); config: the method's config keys as the
     method receives them (its preset's values, then the user's keys); preset: "paper" (default) or another preset
     the method's config declares (e.g. "code", the authors' released settings); version: the method's code
-    version from its registry entry ("" until ptq3d.harness.identity fills it; part of the cell id)."""
+    version from its registry entry ("" until ptq3d.harness.identity fills it; part of the cell id); plan: a
+    mixed-precision plan (ptq3d.quant.plan.PrecisionPlan.to_dict, its content, not a path) applied on top of
+    every scheme of the run, or None (then it is left out of the cell id, so plain cells keep their ids)."""
 
     name: str
     label: str = ""
     config: dict[str, Any] = field(default_factory=dict)
     preset: str = "paper"
     version: str = ""
+    plan: dict[str, Any] | None = None
 
     @property
     def display(self) -> str:
-        return self.label or self.name
+        if self.label:
+            return self.label
+        return self.name if self.plan is None else f"{self.name} [{self.plan.get('name', 'plan')}]"
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,8 @@ class CellSpec:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        if d["method"].get("plan") is None:
+            d["method"].pop("plan", None)  # cells without a plan keep the ids they had before plans existed
         if d["protocol"]["metrics"] is not None:
             d["protocol"]["metrics"] = list(d["protocol"]["metrics"])
         return d
