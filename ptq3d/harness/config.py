@@ -26,6 +26,7 @@ Schema (every key optional unless marked; relative paths are relative to the con
     plan = "plans/budget-4.5.toml"    # a mixed-precision plan (`ptq3d sensitivity --budget`) on every scheme;
                                       # its content is part of the cell id, its name shows in the row label
     scope = "all"                     # this method's quantization scope (default: the method's own, else [eval])
+    schemes = ["w4a16"]               # this method's schemes instead of [run].schemes (e.g. a weight-only method)
     calibration = { builder = "nfds", num_scenes = 20, frames = 10, seeds = [0, 1], options = { num_clusters = 5 } }
                                       # overrides [calibration] for this method (same keys as [calibration])
 
@@ -122,6 +123,7 @@ _METHOD_KEYS = {
     "scope": str,
     "calibration": dict,
     "plan": str,
+    "schemes": list,
 }
 _PROTOCOL_KEYS = {
     "name": str,
@@ -168,10 +170,12 @@ class CalibrationConfig:
 
 @dataclass
 class MethodSettings:
-    """What a [[methods]] entry sets beyond its MethodRef: scope (None = not set) and its inline calibration."""
+    """What a [[methods]] entry sets beyond its MethodRef: scope (None = not set), its inline calibration and its
+    own schemes (None = the run's)."""
 
     scope: str | None = None
     calibration: CalibrationConfig | None = None
+    schemes: list[str] | None = None
 
 
 @dataclass
@@ -182,6 +186,7 @@ class MethodPlan:
     ref: MethodRef
     scope: str
     calibration: CalibrationConfig
+    schemes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -353,12 +358,12 @@ def normalise_scheme(scheme: str) -> str:
     return "".join(str(scheme).split()).lower()
 
 
-def _schemes(src: str, value: Any) -> list[str]:
+def _schemes(src: str, value: Any, key: str = "[run].schemes") -> list[str]:
     out: list[str] = []
-    for i, s in enumerate(_str_list(src, "[run].schemes", value)):
+    for i, s in enumerate(_str_list(src, key, value)):
         n = normalise_scheme(s)
         if not n:
-            raise ConfigError(f"{src}: [run].schemes[{i}] = {s!r}: empty scheme name")
+            raise ConfigError(f"{src}: {key}[{i}] = {s!r}: empty scheme name")
         if n not in out:  # one scheme however it is spelled: one cell
             out.append(n)
     return out
@@ -464,6 +469,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
             settings[ref.display] = MethodSettings(
                 m.get("scope"),
                 None if cal is None else _parse_calibration(src, f"{where}.calibration", cal, base_dir),
+                _schemes(src, m["schemes"], f"{where}.schemes") if "schemes" in m else None,
             )
             methods.append(ref)
     labels = [m.display for m in methods]
@@ -657,7 +663,19 @@ def check_names(cfg: RunConfig) -> None:
         cwhere = (
             f"{where}.calibration" if own is not None and own.explicit & {"protocol"} else "[calibration]"
         )
-        if not any(comp.method_needs_calibration(m.name, plan.ref.config, s) for s in cfg.schemes or [None]):
+        for k, s in enumerate(cfg.method_settings.get(m.display, MethodSettings()).schemes or []):
+            try:
+                comp.check_scheme(s)
+            except UserError as exc:
+                raise ConfigError(f"{src}: {where}.schemes[{k}] = {s!r}: {exc}") from None
+        if plan.ref.plan is not None:
+            check_plan = getattr(comp, "check_plan", None)
+            for model in cfg.models if check_plan is not None else []:
+                try:
+                    check_plan(model, plan.ref.plan, plan.scope)
+                except UserError as exc:
+                    raise ConfigError(f"{src}: {where}.plan ({m.display}): {exc}") from None
+        if not any(comp.method_needs_calibration(m.name, plan.ref.config, s) for s in plan.schemes or [None]):
             continue
         cal = plan.calibration
         if not cal.protocol:
@@ -766,7 +784,8 @@ def plan_method(cfg: RunConfig, comp: Any, index: int, ref: MethodRef) -> Method
         raise ConfigError(
             f"{src}: {where} ({ref.display}): scope {scope!r}: allowed values are {', '.join(SCOPES)}"
         )
-    return MethodPlan(dataclasses.replace(ref, config=config), scope, calibration)
+    schemes = own.schemes if own.schemes is not None else list(cfg.schemes)
+    return MethodPlan(dataclasses.replace(ref, config=config), scope, calibration, schemes)
 
 
 def expand(cfg: RunConfig) -> list[CellSpec]:
@@ -811,7 +830,7 @@ def expand(cfg: RunConfig) -> list[CellSpec]:
         for plan in plans:
             method, cal = plan.ref, plan.calibration
             options = dataclasses.replace(cfg.eval, scope=plan.scope)
-            for scheme in cfg.schemes:
+            for scheme in plan.schemes:
                 if not comp.method_needs_calibration(method.name, method.config, scheme):
                     ref = calib(cal, cal.builders[0], cal.seeds[0]) if cal.protocol else None
                     add(CellSpec(model, method, scheme, protocol, ref, options, cfg.components))

@@ -241,6 +241,20 @@ class RealComponents(Components):
 
         return list_schemes()
 
+    def check_plan(self, ref: ModelRef, plan: dict[str, Any], scope: str) -> None:
+        """Every block / site a mixed-precision plan names exists in model `ref` at `scope` (the architecture is
+        built on the meta device: no weights are read, so validating a VGGT-1B plan costs no memory)."""
+        import torch
+
+        from ptq3d.models.registry import get_spec
+        from ptq3d.quant.plan import PrecisionPlan
+
+        with torch.device("meta"):
+            model = get_spec(ref.name).builder()
+        PrecisionPlan.from_dict(plan).check_names(
+            [b.name for b in model.blocks(scope)], list(model.quant_sites(scope))
+        )
+
     def check_scheme(self, scheme: str) -> None:
         """Named schemes and the w<b>[g<G>]a<b>[-static|-asym] grammar, at the bit widths of the named ones."""
         from ptq3d.methods import get_scheme

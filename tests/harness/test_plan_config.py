@@ -86,3 +86,21 @@ def test_plan_runs_and_is_stored(tmp_path, plan_file):
     assert 4 < mixed["summary"]["effective_weight_bits"] < 8
     assert mixed["summary"]["quantized_weight_bytes"] > plain["summary"]["quantized_weight_bytes"]
     assert "mixed (4/8)" in mixed["effective_format"]["short"]
+
+
+def test_validate_checks_plan_units_and_method_schemes(tmp_path, plan_file):
+    from ptq3d.harness.config import check_names
+
+    typo = PrecisionPlan("typo", blocks={"aggregator.frame_block.0": "w8"}).save(tmp_path / "typo.toml")
+    with pytest.raises(ConfigError, match=r"\[\[methods\]\]\[1\]\.plan \(rtn \[typo\]\).*frame_block\.0"):
+        check_names(loads_config(CONFIG.format(out=tmp_path / "o", plan=typo), base_dir=tmp_path))
+    own = CONFIG.replace('plan = "{plan}"', 'label = "x"\nschemes = ["w4a8", "w9a8"]').format(
+        out=tmp_path / "o"
+    )
+    with pytest.raises(ConfigError, match=r"\[\[methods\]\]\[1\]\.schemes\[1\] = 'w9a8'"):
+        check_names(loads_config(own, base_dir=tmp_path))
+    ok = CONFIG.replace('plan = "{plan}"', 'label = "rtn w4a8"\nschemes = ["w4a8"]').format(
+        out=tmp_path / "o"
+    )
+    cells = expand(loads_config(ok, base_dir=tmp_path))
+    assert [(c.method.display, c.scheme) for c in cells] == [("rtn", "w4a16"), ("rtn w4a8", "w4a8")]
