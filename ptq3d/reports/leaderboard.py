@@ -205,6 +205,7 @@ def cost_rows(df: pd.DataFrame) -> list[dict[str, str]]:
                 if speed is not None
                 else (f"n/a: {note.split(';')[0].split(' (')[0]}" if note else "–"),
                 "Model MB": "–" if _get(r, "model_mb") is None else f"{r['model_mb']:.2f}",
+                "W bits": "–" if _get(r, "w_bits_effective") is None else f"{r['w_bits_effective']:.2f}",
                 "Calib s": "–" if _get(r, "calib_time_s") is None else f"{r['calib_time_s']:.2f}",
                 "Calib MiB": "–" if _get(r, "calib_peak_mb") is None else f"{r['calib_peak_mb']:.0f}",
             }

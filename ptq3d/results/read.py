@@ -220,6 +220,10 @@ def load_results(path: str | Path) -> Results:
                 # what the method really runs (granularity, static/dynamic, extras), beside the scheme name
                 "format": ((c.get("manifest") or {}).get("effective_format") or {}).get("short", ""),
                 "w_bits": scheme_bits(c["scheme"])[0],
+                # the parameter-weighted mean weight bits as built (differs from w_bits under a mixed plan)
+                "w_bits_effective": ((c.get("manifest") or {}).get("summary") or {}).get(
+                    "effective_weight_bits"
+                ),
                 "a_bits": scheme_bits(c["scheme"])[1],
                 **_flat_costs(c["costs"]),
             }

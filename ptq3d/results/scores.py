@@ -399,9 +399,12 @@ class _Board:
             "latency_backend": ",".join(backends),
             "speedup": per_cell_speedup.median(),
             "speedup_note": "",
-            "format": " / ".join(dict.fromkeys(str(x) for x in ok["format"].dropna() if x)) if "format" in ok else "",
+            "format": " / ".join(dict.fromkeys(str(x) for x in ok["format"].dropna() if x))
+            if "format" in ok
+            else "",
             "model_mb_fp": f("model_bytes_fp").mean() / 2**20,
             "model_mb": f("model_bytes").mean() / 2**20,
+            "w_bits_effective": f("w_bits_effective").mean(),
         }
         rec["latency_overloaded"] = (
             bool(ok["latency_overloaded"].any()) if "latency_overloaded" in ok else False

@@ -86,6 +86,8 @@ def test_plan_runs_and_is_stored(tmp_path, plan_file):
     assert 4 < mixed["summary"]["effective_weight_bits"] < 8
     assert mixed["summary"]["quantized_weight_bytes"] > plain["summary"]["quantized_weight_bytes"]
     assert "mixed (4/8)" in mixed["effective_format"]["short"]
+    md = "\n".join(p.read_text() for p in (out / "reports").rglob("*.md"))
+    assert "W bits" in md and f"{mixed['summary']['effective_weight_bits']:.2f}" in md and "W5.00 mixed" in md
 
 
 def test_validate_checks_plan_units_and_method_schemes(tmp_path, plan_file):
