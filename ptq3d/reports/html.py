@@ -30,6 +30,7 @@ from ptq3d.reports.leaderboard import (
     leaderboard_notes,
     leaderboard_rows,
 )
+from ptq3d.reports.sensitivity import sensitivity_sections
 from ptq3d.reports.tables import arrow, build_tables, fmt
 from ptq3d.results.read import Results, scheme_bits
 from ptq3d.results.records import FP_METHOD
@@ -280,6 +281,7 @@ def to_html(
         "plot_blocks": _safe(plots.block_error(results, colors)),
         "tables": tables,
         "block_errors": block_error_rows(results),
+        "sensitivity": sensitivity_sections(results.path.parent),  # sensitivity.json in the run directory
         "outliers": outlier_sections(results),
         "coverage": cov,
         "site_lists": site_lists(cov),
