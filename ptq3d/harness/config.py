@@ -59,6 +59,12 @@ Schema (every key optional unless marked; relative paths are relative to the con
     threads = 0                       # torch intra-op threads per worker (0 = leave as is)
     precision = "fp32"                # "fp32" | "bf16-autocast" (the papers' GPU eval: bf16, heads in fp32)
 
+    [sensitivity]                     # optional: per-block task sensitivity of each model after the grid
+    schemes = ["w4a4"]                # (ptq3d sensitivity), written to <output_dir>/sensitivity/ and shown as a
+    num_scenes = 2                    # heatmap in the HTML report; scenes from [calibration].protocol
+    granularity = "block"             # "block" | "site"; scope = "aggregator"; estimates = true (Fisher, GN)
+    budget = 4.5                      # optional: also write a mixed-precision plan for this mean weight-bit budget
+
     [ray]                             # only read by `ptq3d run --executor ray` (see ptq3d.harness.ray_executor)
     address = ""                      # cluster to join; empty = start a local instance (--address overrides)
     num_cpus = 1                      # resource request of one cell; num_gpus = "auto" | N; memory_gb = N
@@ -147,7 +153,17 @@ _CALIB_KEYS = {
     "options": dict,
 }
 _EVAL_KEYS = {f.name: type(f.default) for f in fields(EvalOptions)}
-_TOP_KEYS = ("run", "models", "methods", "protocols", "calibration", "eval", "ray")
+_TOP_KEYS = ("run", "models", "methods", "protocols", "calibration", "eval", "ray", "sensitivity")
+_SENSITIVITY_KEYS = {
+    "schemes": list,
+    "num_scenes": int,
+    "seed": int,
+    "granularity": str,
+    "scope": str,
+    "estimates": bool,
+    "budget": float,
+    "high_bits": int,
+}
 MAX_CONFIG_BYTES = 1 << 20  # a run config is a page of TOML; anything this big is a mistake
 MAX_SEED = 2**32 - 1  # numpy and torch seeds
 
@@ -189,6 +205,23 @@ class MethodPlan:
     schemes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class SensitivityOptions:
+    """The optional [sensitivity] table: after the grid, `ptq3d run` measures each model's per-block task
+    sensitivity (ptq3d.calibration.sensitivity.block_sensitivity) at each scheme on `num_scenes` scenes of the
+    [calibration] protocol (random builder, `seed`), writes <output_dir>/sensitivity/<model>/<scheme>/ and the
+    HTML report shows the heatmap. budget: also write a mixed-precision plan for that average weight-bit budget."""
+
+    schemes: tuple[str, ...] = ("w4a4",)
+    num_scenes: int = 2
+    seed: int = 0
+    granularity: str = "block"
+    scope: str = "aggregator"
+    estimates: bool = True
+    budget: float | None = None
+    high_bits: int = 8
+
+
 @dataclass
 class RunConfig:
     """A validated run configuration (see the module docstring for the TOML schema)."""
@@ -213,6 +246,7 @@ class RunConfig:
     # (calibration protocol, root, limit) -> fingerprint of its definition and files; filled by
     # ptq3d.harness.identity.prepare and carried into every CalibRef (part of the cell id)
     calibration_data_hashes: dict[tuple, str] = field(default_factory=dict)
+    sensitivity: SensitivityOptions | None = None
 
     def cells(self) -> list[CellSpec]:
         return expand(self)
@@ -529,6 +563,9 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
     if "bench_repeats" in ev:
         _at_least(src, "[eval].bench_repeats", ev["bench_repeats"], 1, " (a latency needs one timing)")
     options = EvalOptions(**ev)
+    sensitivity = _parse_sensitivity(src, data["sensitivity"]) if "sensitivity" in data else None
+    if sensitivity is not None and not calibration.protocol:
+        raise ConfigError(f"{src}: [sensitivity] needs [calibration].protocol (its scenes are measured)")
 
     schemes = _schemes(src, run["schemes"]) if "schemes" in run else []
     only_fp = all(m.name == FP_METHOD for m in methods)
@@ -550,6 +587,34 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
         ray=parse_ray_options(data.get("ray", {}), src, base_dir),
         method_settings=settings,
         eval_explicit=frozenset(ev),
+        sensitivity=sensitivity,
+    )
+
+
+def _parse_sensitivity(src: str, table: Any) -> SensitivityOptions:
+    t = _check_table(src, "[sensitivity]", table, _SENSITIVITY_KEYS)
+    if "granularity" in t:
+        _choice(src, "[sensitivity].granularity", t["granularity"], ("block", "site"))
+    if "scope" in t:
+        _choice(src, "[sensitivity].scope", t["scope"], SCOPES)
+    if "num_scenes" in t:
+        _at_least(src, "[sensitivity].num_scenes", t["num_scenes"], 1)
+    if "seed" in t and not 0 <= t["seed"] <= MAX_SEED:
+        raise ConfigError(f"{src}: [sensitivity].seed = {t['seed']}: must be in 0..{MAX_SEED}")
+    if "budget" in t and not (math.isfinite(t["budget"]) and 2 <= t["budget"] <= 8):
+        raise ConfigError(
+            f"{src}: [sensitivity].budget = {t['budget']}: an average weight-bit budget in 2..8"
+        )
+    schemes = _schemes(src, t["schemes"], "[sensitivity].schemes") if "schemes" in t else None
+    return SensitivityOptions(
+        schemes=tuple(schemes) if schemes else SensitivityOptions.schemes,
+        num_scenes=int(t.get("num_scenes", 2)),
+        seed=int(t.get("seed", 0)),
+        granularity=t.get("granularity", "block"),
+        scope=t.get("scope", "aggregator"),
+        estimates=bool(t.get("estimates", True)),
+        budget=None if "budget" not in t else float(t["budget"]),
+        high_bits=int(t.get("high_bits", 8)),
     )
 
 
@@ -632,6 +697,11 @@ def check_names(cfg: RunConfig) -> None:
             if s not in schemes and "unknown scheme" in str(exc):
                 known("scheme", f"[run].schemes[{i}]", s, schemes)
             raise ConfigError(f"{src}: [run].schemes[{i}] = {s!r}: {exc}") from None
+    for i, s in enumerate(cfg.sensitivity.schemes if cfg.sensitivity is not None else ()):
+        try:
+            comp.check_scheme(s)
+        except UserError as exc:
+            raise ConfigError(f"{src}: [sensitivity].schemes[{i}] = {s!r}: {exc}") from None
     protocols = comp.list_protocols()
     metrics = comp.list_metrics()
     for i, p in enumerate(cfg.protocols):

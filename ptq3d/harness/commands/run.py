@@ -123,6 +123,15 @@ def handle(args: argparse.Namespace) -> int:
     print()
     print(leaderboard_to_text(leaderboard(load_results(summary.store_path), args.stage)))
     print(f"store:  {summary.store_path}")
+    sensitivity_failed = False
+    if cfg.sensitivity is not None:
+        from ptq3d.harness.sensitivity_stage import run_sensitivity
+
+        try:
+            run_sensitivity(cfg)
+        except (UserError, RuntimeError, ValueError) as exc:  # the grid's results are stored: report, go on
+            sensitivity_failed = True
+            print(f"ptq3d run: the [sensitivity] stage failed: {str(exc).splitlines()[0]}", file=sys.stderr)
     if not args.no_report:
         paths = write_reports(
             summary.store_path, Path(cfg.output_dir) / "reports", stage=args.stage, title=f"ptq3d: {cfg.name}"
@@ -131,12 +140,17 @@ def handle(args: argparse.Namespace) -> int:
         print(f"tables: {paths['md']}, {paths['tex']}, {paths['csv']}")
     from ptq3d.results.store import ResultsStore
 
-    with ResultsStore(summary.store_path, readonly=True) as store:  # failures of earlier invocations count too
+    with ResultsStore(
+        summary.store_path, readonly=True
+    ) as store:  # failures of earlier invocations count too
         failed = store.cell_ids("failed") & {c.cell_id for c in cfg.cells()}
     if failed:
         print(
             f"ptq3d run: {len(failed)} cells of this grid failed ({len(summary.failed)} in this invocation; "
             "stored with stage and reason, never ranked; --retry-failed reruns them): exit code 3"
         )
+        return 3
+    if sensitivity_failed:
+        print("ptq3d run: the grid finished but its [sensitivity] stage failed (message above): exit code 3")
         return 3
     return 0
