@@ -106,3 +106,12 @@ def test_validate_checks_plan_units_and_method_schemes(tmp_path, plan_file):
     )
     cells = expand(loads_config(ok, base_dir=tmp_path))
     assert [(c.method.display, c.scheme) for c in cells] == [("rtn", "w4a16"), ("rtn w4a8", "w4a8")]
+
+
+def test_quantize_cli_takes_a_plan(tmp_path, plan_file):
+    out = tmp_path / "q"
+    args = ["quantize", "--model", "vggt-tiny-synthetic-sinks", "--method", "rtn", "--scheme", "w4a16"]
+    assert main([*args, "--calib", "none", "--plan", str(plan_file), "--out", str(out), "--no-progress"]) == 0
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["plan"]["name"] == "first-two-w8" and man["summary"]["bits_histogram"]["W8A16"] == 8
+    assert main([*args, "--calib", "none", "--plan", str(tmp_path / "nope.toml"), "--out", str(out)]) == 2

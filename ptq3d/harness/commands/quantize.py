@@ -9,6 +9,55 @@ from __future__ import annotations
 import argparse
 
 
+def add_calibration_args(p: argparse.ArgumentParser, none_allowed: bool = False) -> None:
+    """The calibration options (source, builder, size, pool, frames, image size, seed); shared with
+    `ptq3d sensitivity`. none_allowed: --calib none (no calibration set) is a choice."""
+    p.add_argument(
+        "--calib",
+        default="synthetic",
+        choices=["synthetic", "random", "none"] if none_allowed else ["synthetic", "random"],
+        help="calibration source: synthetic scenes, uniform random images"
+        + (", or none" if none_allowed else ""),
+    )
+    p.add_argument("--calib-builder", default="random", help="calibration-set builder (default random)")
+    p.add_argument("--calib-size", type=int, default=4, help="number of calibration scenes")
+    p.add_argument(
+        "--calib-pool", type=int, default=None, help="candidate scenes to choose from (default: size)"
+    )
+    p.add_argument("--calib-frames", type=int, default=4, help="frames per calibration scene")
+    p.add_argument("--image-size", type=int, nargs=2, default=[112, 112], metavar=("H", "W"))
+    p.add_argument("--seed", type=int, default=0, help="calibration selection seed")
+
+
+def build_calibration(args: argparse.Namespace, model, model_name: str):
+    """The CalibrationSet the calibration options describe (None with --calib none); checks --image-size
+    against the model's patch size."""
+    from ptq3d.calibration import get_calibration_builder
+    from ptq3d.calibration.sets import random_pool, synthetic_pool
+    from ptq3d.errors import ConfigError
+
+    patch = getattr(getattr(model.module, "config", None), "patch_size", None)
+    h, w = args.image_size
+    if h <= 0 or w <= 0 or (patch and (h % patch or w % patch)):
+        raise ConfigError(
+            f"--image-size {h} {w}: height and width must be positive multiples of {model_name}'s patch size "
+            f"{patch} (e.g. {max(1, round(h / patch)) * patch} {max(1, round(w / patch)) * patch})"
+            if patch
+            else f"--image-size {h} {w}: height and width must be positive"
+        )
+    if args.calib == "none":
+        return None
+    if args.calib_size <= 0:
+        raise ConfigError(f"--calib-size {args.calib_size}: must be positive")
+    make_pool = synthetic_pool if args.calib == "synthetic" else random_pool
+    pool = make_pool(
+        args.calib_pool or args.calib_size, args.calib_frames, h, w, first_seed=args.seed * 100_000
+    )
+    return get_calibration_builder(args.calib_builder)(
+        pool, args.calib_size, seed=args.seed, model=model, source=args.calib
+    )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "quantize",
@@ -29,20 +78,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--scope", default="aggregator", choices=["aggregator", "all"], help="which blocks to quantize"
     )
+    add_calibration_args(p, none_allowed=True)
     p.add_argument(
-        "--calib",
-        default="synthetic",
-        choices=["synthetic", "random", "none"],
-        help="calibration source: synthetic scenes, uniform random images, or none",
+        "--plan",
+        default=None,
+        help="mixed-precision plan (.toml/.json, e.g. from `ptq3d sensitivity --budget`) over --scheme",
     )
-    p.add_argument("--calib-builder", default="random", help="calibration-set builder (default random)")
-    p.add_argument("--calib-size", type=int, default=4, help="number of calibration scenes")
-    p.add_argument(
-        "--calib-pool", type=int, default=None, help="candidate scenes to choose from (default: size)"
-    )
-    p.add_argument("--calib-frames", type=int, default=4, help="frames per calibration scene")
-    p.add_argument("--image-size", type=int, nargs=2, default=[112, 112], metavar=("H", "W"))
-    p.add_argument("--seed", type=int, default=0, help="calibration selection seed")
     p.add_argument(
         "--set",
         dest="settings",
@@ -74,35 +115,14 @@ def _parse_settings(items: list[str]) -> dict[str, str]:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from ptq3d.calibration.sets import random_pool, synthetic_pool
-    from ptq3d.errors import ConfigError
-    from ptq3d.methods import get_calibration_builder, get_method, quantize_model, save_quantized
+    from ptq3d.methods import get_method, quantize_model, save_quantized
     from ptq3d.models import load_model
 
     config = _parse_settings(args.settings)
     spec = get_method(args.method)
     spec.make_config(config)  # fail on bad keys before loading anything
     model = load_model(args.model, weights=args.weights, allow_nonfinite=args.allow_nonfinite)
-    patch = getattr(getattr(model.module, "config", None), "patch_size", None)
-    h, w = args.image_size
-    if h <= 0 or w <= 0 or (patch and (h % patch or w % patch)):
-        raise ConfigError(
-            f"--image-size {h} {w}: height and width must be positive multiples of {args.model}'s patch size "
-            f"{patch} (e.g. {max(1, round(h / patch)) * patch} {max(1, round(w / patch)) * patch})"
-            if patch
-            else f"--image-size {h} {w}: height and width must be positive"
-        )
-    calib = None
-    if args.calib != "none":
-        if args.calib_size <= 0:
-            raise ConfigError(f"--calib-size {args.calib_size}: must be positive")
-        h, w = args.image_size
-        pool_n = args.calib_pool or args.calib_size
-        make_pool = synthetic_pool if args.calib == "synthetic" else random_pool
-        pool = make_pool(pool_n, args.calib_frames, h, w, first_seed=args.seed * 100_000)
-        calib = get_calibration_builder(args.calib_builder)(
-            pool, args.calib_size, seed=args.seed, model=model, source=args.calib
-        )
+    calib = build_calibration(args, model, args.model)
     qm = quantize_model(
         model,
         args.method,
@@ -112,6 +132,7 @@ def handle(args: argparse.Namespace) -> int:
         args.scope,
         progress=not args.no_progress,
         inplace=True,
+        plan=args.plan,
     )
     from ptq3d.errors import CheckpointError
     from ptq3d.models.loading import nonfinite_tensors

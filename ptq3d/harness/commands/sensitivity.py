@@ -11,49 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def add_calibration_args(p: argparse.ArgumentParser) -> None:
-    """The calibration options of `ptq3d quantize` (source, builder, size, pool, frames, image size, seed)."""
-    p.add_argument(
-        "--calib",
-        default="synthetic",
-        choices=["synthetic", "random"],
-        help="calibration source: synthetic scenes or uniform random images",
-    )
-    p.add_argument("--calib-builder", default="random", help="calibration-set builder (default random)")
-    p.add_argument("--calib-size", type=int, default=4, help="number of calibration scenes")
-    p.add_argument(
-        "--calib-pool", type=int, default=None, help="candidate scenes to choose from (default: size)"
-    )
-    p.add_argument("--calib-frames", type=int, default=4, help="frames per calibration scene")
-    p.add_argument("--image-size", type=int, nargs=2, default=[112, 112], metavar=("H", "W"))
-    p.add_argument("--seed", type=int, default=0, help="calibration selection seed")
-
-
-def build_calibration(args: argparse.Namespace, model, model_name: str):
-    """The CalibrationSet the calibration options describe (as `ptq3d quantize` builds it)."""
-    from ptq3d.calibration import get_calibration_builder
-    from ptq3d.calibration.sets import random_pool, synthetic_pool
-    from ptq3d.errors import ConfigError
-
-    patch = getattr(getattr(model.module, "config", None), "patch_size", None)
-    h, w = args.image_size
-    if h <= 0 or w <= 0 or (patch and (h % patch or w % patch)):
-        raise ConfigError(
-            f"--image-size {h} {w}: height and width must be positive multiples of {model_name}'s patch size "
-            f"{patch}"
-            if patch
-            else f"--image-size {h} {w}: height and width must be positive"
-        )
-    if args.calib_size <= 0:
-        raise ConfigError(f"--calib-size {args.calib_size}: must be positive")
-    make_pool = synthetic_pool if args.calib == "synthetic" else random_pool
-    pool = make_pool(
-        args.calib_pool or args.calib_size, args.calib_frames, h, w, first_seed=args.seed * 100_000
-    )
-    return get_calibration_builder(args.calib_builder)(
-        pool, args.calib_size, seed=args.seed, model=model, source=args.calib
-    )
+from ptq3d.harness.commands.quantize import add_calibration_args, build_calibration
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
