@@ -44,6 +44,7 @@ BUILTIN_METHOD_MODULES = (
     "ptq3d.methods.brecq",
     "ptq3d.methods.qdrop",
     "ptq3d.methods.repq_vit",
+    "ptq3d.methods.qvggt",
 )
 
 
