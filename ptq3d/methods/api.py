@@ -357,7 +357,9 @@ def quantize_model(
     applied before the explicit config keys; recorded in the manifest with the effective format.
     plan: a mixed-precision plan (PrecisionPlan or a .toml/.json path) on top of `scheme` (which may also carry
     one: Scheme.with_plan); every unit it names must exist in scope, and every site must end with the bits the
-    plan asks for (else MethodError). The manifest records the plan, effective bits and bytes.
+    plan asks for (else MethodError). A method may make its own plan when the run has none, by setting
+    `ctx.scheme = ctx.scheme.with_plan(plan)` (QVGGT); it is then checked and recorded the same way. The manifest
+    records the plan, effective bits and bytes; QuantizedModel.scheme carries it.
     """
     spec = get_method(method)
     cfg = spec.make_config(config, preset=preset)
@@ -408,6 +410,14 @@ def quantize_model(
         pm.cuda_peak_bytes,
     )
     st.num_calibration_samples = 0 if calibration is None else len(calibration)
+    if ctx.scheme is not scheme_obj and ctx.scheme.plan is not None and scheme_obj.plan is None:
+        # a method that makes its own plan (QVGGT's selective mixed precision) sets ctx.scheme: record that plan
+        _check_plan_names(target, ctx.scheme.plan, scope)
+        scheme_obj = ctx.scheme
+    elif ctx.scheme != scheme_obj:
+        raise MethodError(
+            f"method '{method}' replaced the run's scheme {scheme_obj.name} by {ctx.scheme.name}"
+        )
     if scheme_obj.plan is not None:
         _check_plan_held(target.module, method, scheme_obj, site_blocks)
     manifest = build_manifest(target, scope, method, scheme_obj, cfg, calibration, preset)

@@ -20,7 +20,7 @@ FAST = {
     "qdrop": {"iters_w": 2},
     "quarot": {"weight_method": "rtn"},
     "smoothquant": {"alpha": 0.5},
-    "qvggt": {"fast": True},
+    "qvggt": {"task_candidates": 1},
 }
 SCHEME = {"repq-vit": "w4a8-static-asym", "taptq": "w4a8"}
 
@@ -53,8 +53,6 @@ def test_every_method_holds_a_block_and_site_plan(toy, toy_calib, method):
     blocks = [b.name for b in toy.blocks("aggregator")]
     scheme = SCHEME.get(method, "w4a4")
     cfg = dict(FAST.get(method, {}))
-    if method == "qvggt":
-        cfg = {}
     try:
         qm = quantize_model(toy, method, scheme, toy_calib, cfg, plan=_plan(toy))
     except ConfigError as exc:  # a method may refuse a plan it cannot run, with a one-line reason
@@ -130,3 +128,15 @@ def test_the_integer_backend_runs_a_mixed_plan(toy, toy_calib, toy_images):
     assert qm.set_backend("emulated") == 16
     real = qm.predict(toy_images)
     assert sqnr_db(fake.depth, real.depth) > 60 and sqnr_db(fake.world_points, real.world_points) > 60
+
+
+def test_a_plan_the_method_makes_is_recorded(toy, toy_calib, tmp_path, toy_images):
+    """QVGGT makes its own plan when the run has none: the QuantizedModel's scheme and manifest carry it, every site
+    holds it, and it survives save/load."""
+    qm = quantize_model(toy, "qvggt", "w4a16", toy_calib, {"task_candidates": 1, "budget_bits": 5.0})
+    assert qm.scheme.is_mixed and qm.manifest["plan"] is not None
+    assert qm.manifest["summary"]["effective_weight_bits"] > 4
+    back = load_quantized(save_quantized(qm, tmp_path / "q"), model=toy)
+    assert back.scheme.plan == qm.scheme.plan
+    a, b = qm.predict(toy_images).tensors(), back.predict(toy_images).tensors()
+    assert all(torch.equal(a[k], b[k]) for k in a)
