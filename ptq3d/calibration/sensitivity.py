@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
+from ptq3d.calibration.block_gradients import squared_block_output_grads
 from ptq3d.calibration.blockwise import BlockData, QuantContext, replace_module
 from ptq3d.errors import ConfigError
 from ptq3d.models.base import TASKS
@@ -270,69 +271,28 @@ def _measure(
 def block_output_gradients(
     model: GeometryModel, calibration: CalibrationSet, scope: str, tasks=TASKS, seed: int = 0
 ) -> dict[str, dict[str, list[torch.Tensor]]]:
-    """Squared gradients of the task losses w.r.t. every block output, summed over tokens, mean over scenes.
+    """Squared gradients of the task losses w.r.t. every block output, summed over tokens, mean over scenes
+    (ptq3d.calibration.block_gradients, the pass FGQ's Fisher uses).
 
     Returns {"fisher": {task: [F_k[l] per block, each [C_l] float64]}, "gn": {task: [G_k[l] ...]}} (module
     docstring: fisher from L_k = sum of the task output, as FGQ; gn from v . y_k / ||y_k|| with a Rademacher
-    probe v seeded by seed + scene index). A block that a task never reads gets exact zeros. The model is
-    left unchanged (the parameters' requires_grad flags are restored; gradients flow from the images).
+    probe v seeded by seed + scene index). A block that a task never reads gets exact zeros.
     """
-    blocks = model.blocks(scope)
-    module = model.module
-    params = list(module.parameters())
-    device = params[0].device if params else torch.device("cpu")
-    flags = [p.requires_grad for p in params]
-    was_training = module.training
-    outs: list[torch.Tensor | None] = [None] * len(blocks)
-    acc = {"fisher": {t: [None] * len(blocks) for t in tasks}, "gn": {t: [None] * len(blocks) for t in tasks}}
-    n = len(calibration.samples)
 
-    def make_hook(i):
-        def hook(_m, _args, out):
-            outs[i] = out
+    def losses(y, _sample, n):
+        gen = torch.Generator().manual_seed(seed + n)
+        out = {}
+        for t in tasks:
+            probe = (torch.randint(0, 2, y[t].shape, generator=gen) * 2 - 1).to(y[t])
+            out[f"fisher/{t}"] = y[t].sum()
+            out[f"gn/{t}"] = (probe * y[t]).sum() / y[t].detach().norm().clamp_min(1e-30)
+        return out
 
-        return hook
-
-    handles = [b.module.register_forward_hook(make_hook(i)) for i, b in enumerate(blocks)]
     try:
-        for p in params:  # no parameter gradients: the graph runs from the images to the block outputs
-            p.requires_grad_(False)
-        module.eval()
-        for j, s in enumerate(calibration.samples):
-            images = s.images.unsqueeze(0).float().to(device).requires_grad_(True)
-            gen = torch.Generator().manual_seed(seed + j)
-            with torch.enable_grad():
-                outs[:] = [None] * len(blocks)
-                y = model.task_outputs(images)
-                if any(o is None for o in outs):
-                    raise ConfigError(f"sensitivity: a block in scope '{scope}' did not run in task_outputs")
-                losses = []
-                for t in tasks:
-                    probe = (torch.randint(0, 2, y[t].shape, generator=gen) * 2 - 1).to(y[t])
-                    losses.append(("fisher", t, y[t].sum()))
-                    losses.append(("gn", t, (probe * y[t]).sum() / y[t].detach().norm().clamp_min(1e-30)))
-                for k, (kind, t, loss) in enumerate(losses):
-                    grads = torch.autograd.grad(
-                        loss, outs, retain_graph=k < len(losses) - 1, allow_unused=True
-                    )
-                    for i, g in enumerate(grads):
-                        width = outs[i].shape[-1]
-                        sq = (
-                            torch.zeros(width, dtype=torch.float64)
-                            if g is None  # this task's output does not depend on block i
-                            else g.detach().double().pow(2).reshape(-1, width).sum(0).cpu()
-                        )
-                        prev = acc[kind][t][i]
-                        acc[kind][t][i] = sq / n if prev is None else prev + sq / n
-            del y, losses
-            outs[:] = [None] * len(blocks)
-    finally:
-        for h in handles:
-            h.remove()
-        for p, f in zip(params, flags, strict=True):
-            p.requires_grad_(f)
-        module.train(was_training)
-    return acc
+        grads = squared_block_output_grads(model, calibration.samples, scope, losses)
+    except ConfigError as exc:
+        raise ConfigError(f"sensitivity: {exc}") from None
+    return {kind: {t: grads[f"{kind}/{t}"] for t in tasks} for kind in ("fisher", "gn")}
 
 
 def rank_correlations(rows: list[dict[str, Any]], tasks) -> dict[str, dict[str, dict[str, float | None]]]:

@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ptq3d.calibration.block_gradients import squared_block_output_grads
 from ptq3d.errors import CheckpointError, ConfigError, DataError
 from ptq3d.methods.flatquant import FlatQuantConfig, run_flatquant
 from ptq3d.methods.registry import register_method
@@ -221,67 +222,21 @@ def compute_fisher(
     blocks = model.blocks(scope)
     if not blocks:
         raise ConfigError(f"model '{model.name}' has no blocks in scope '{scope}'")
-    module = model.module
-    params = list(module.parameters())
-    device = params[0].device if params else torch.device("cpu")
-    saved_flags = [p.requires_grad for p in params]
-    was_training = module.training
-    outs: list[torch.Tensor | None] = [None] * len(blocks)
-    acc: torch.Tensor | None = None
-    handles = []
 
-    def make_hook(i):
-        def hook(_m, _args, out):
-            outs[i] = out
-
-        return hook
+    def scene_losses(outputs, sample, _n):
+        missing = [t for t in tasks if t not in outputs]
+        if missing:
+            raise ConfigError(f"model '{model.name}' has no task output {', '.join(missing)}")
+        gt = normalised_gt(sample, tuple(sample.images.shape[-2:])) if loss == "gt" else None
+        return task_losses({t: outputs[t] for t in tasks}, loss, gt)
 
     with PeakMemory() as pm:
         t0 = time.perf_counter()
-        try:
-            for p in params:  # block outputs must be graph nodes even if the caller froze the weights
-                p.requires_grad_(True)
-            module.eval()
-            handles = [b.module.register_forward_hook(make_hook(i)) for i, b in enumerate(blocks)]
-            for s in samples:
-                images = s.images.unsqueeze(0).float().to(device)
-                gt = normalised_gt(s, tuple(images.shape[-2:])) if loss == "gt" else None
-                with torch.enable_grad():
-                    for i in range(len(outs)):
-                        outs[i] = None
-                    outputs = model.task_outputs(images)
-                    missing = [t for t in tasks if t not in outputs]
-                    if missing:
-                        raise ConfigError(f"model '{model.name}' has no task output {', '.join(missing)}")
-                    losses = task_losses({t: outputs[t] for t in tasks}, loss, gt)
-                    if any(o is None for o in outs):
-                        raise ConfigError("FGQ: a block in scope did not run during task_outputs")
-                    widths = {o.shape[-1] for o in outs}
-                    if len(widths) != 1:
-                        raise ConfigError(
-                            f"FGQ: block outputs of different widths {sorted(widths)} in scope '{scope}'"
-                        )
-                    if acc is None:
-                        acc = torch.zeros(len(tasks), len(blocks), widths.pop(), dtype=torch.float64)
-                    for k, t in enumerate(tasks):
-                        grads = torch.autograd.grad(
-                            losses[t], outs, retain_graph=k < len(tasks) - 1, allow_unused=True
-                        )
-                        for i, gi in enumerate(grads):
-                            if gi is not None:  # None: this task's loss does not depend on block i
-                                acc[k, i] += (
-                                    gi.detach().double().pow(2).reshape(-1, gi.shape[-1]).sum(0).cpu()
-                                )
-                del outputs, losses
-                for i in range(len(outs)):
-                    outs[i] = None
-        finally:
-            for h in handles:
-                h.remove()
-            for p, f in zip(params, saved_flags, strict=True):
-                p.requires_grad_(f)
-            module.train(was_training)
+        grads = squared_block_output_grads(model, samples, scope, scene_losses)
         elapsed = time.perf_counter() - t0
+    widths = {g.numel() for per_block in grads.values() for g in per_block}
+    if len(widths) != 1:
+        raise ConfigError(f"FGQ: block outputs of different widths {sorted(widths)} in scope '{scope}'")
     cost = {
         "time_s": elapsed,
         "peak_rss_bytes": pm.peak_rss_bytes,
@@ -290,7 +245,7 @@ def compute_fisher(
         "forward_passes": len(samples),
         "backward_passes": len(samples) * len(tasks),
     }
-    fisher = (acc / len(samples)).float()
+    fisher = torch.stack([torch.stack(grads[t]) for t in tasks]).float()
     return FisherResult(fisher, tuple(tasks), tuple(b.name for b in blocks), loss, len(samples), cost)
 
 
