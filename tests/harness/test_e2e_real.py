@@ -106,6 +106,10 @@ def test_real_grid_end_to_end(tmp_path, capsys):
     assert "ran 0 cells, skipped 3 finished" in capsys.readouterr().out
 
 
+def by_method(cells, name):
+    return [c for c in cells if c.method.name == name]
+
+
 def test_default_suite_grid(tmp_path):
     from ptq3d.harness.default_suite import default_config
     from ptq3d.methods import list_methods
@@ -114,9 +118,13 @@ def test_default_suite_grid(tmp_path):
     cells = cfg.cells()
     methods = [m for m in list_methods() if m != "fp"]
     assert cells[0].is_reference
+    from ptq3d.harness.default_suite import WEIGHT_ONLY_METHODS
+
     assert {(c.method.name, c.scheme) for c in cells[1:]} == {
         (m, s) for m in methods for s in ("w8a8", "w4a8", "w4a4")
-    }
+    } | {(m, "w4a16") for m in WEIGHT_ONLY_METHODS if m in methods}
+    assert "qvggt" in methods and "w4a16" in {c.scheme for c in by_method(cells, "qvggt")}
+    assert cfg.sensitivity is not None and "w4a4" in cfg.sensitivity.schemes
     assert cfg.output_dir == str((tmp_path / "d").resolve())
     # the bundled trained model (with its outlier channels) on its held-out protocol, calibrated on training seeds
     from ptq3d.harness.default_suite import CALIBRATION_SEEDS, EVAL_SCENES
@@ -216,7 +224,7 @@ def test_methods_as_papers_grid_runs_end_to_end(tmp_path):
 
     cfg = _papers_grid(tmp_path, tiny=True)
     summary = run_grid(cfg)
-    assert summary.ran == len(cfg.cells()) == 15 and not summary.failed, summary.failed
+    assert summary.ran == len(cfg.cells()) == 17 and not summary.failed, summary.failed
     with ResultsStore(summary.store_path) as st:
         stored = {r["cell_id"]: (CellSpec.from_dict(r["spec"]), r) for r in st.cells()}
     for cell in cfg.cells():
