@@ -20,6 +20,7 @@ def write_reports(
 ) -> dict[str, Path]:
     """Write report.{csv,md,tex,html} for the store into out_dir; returns the paths written."""
     from ptq3d.reports.html import to_html
+    from ptq3d.reports.sensitivity import sensitivity_markdown
     from ptq3d.reports.tables import to_csv, to_latex, to_markdown
     from ptq3d.results.read import load_results
 
@@ -28,7 +29,7 @@ def write_reports(
     out.mkdir(parents=True, exist_ok=True)
     render = {
         "csv": lambda: to_csv(results),
-        "md": lambda: to_markdown(results, stage, metrics),
+        "md": lambda: to_markdown(results, stage, metrics) + sensitivity_markdown(Path(store_path).parent),
         "tex": lambda: to_latex(results, stage, metrics, title),
         "html": lambda: to_html(results, stage, title, metrics),
     }

@@ -246,3 +246,15 @@ def sensitivity_sections(run_dir: str | Path) -> list[dict[str, Any]]:
         except (ValueError, KeyError, TypeError) as exc:
             out.append({"title": rel, "source": "", "error": f"{p}: malformed sensitivity table ({exc!r})"})
     return out
+
+
+def sensitivity_markdown(run_dir: str | Path) -> str:
+    """The Markdown of every sensitivity.json under the run directory (`find`), each after a blank line; an
+    unreadable one is named with its error; "" when there is none."""
+    parts = []
+    for p in find(run_dir):
+        try:
+            parts.append(to_markdown(load(p)))
+        except (ValueError, KeyError, TypeError) as exc:
+            parts.append(f"## Sensitivity: {p}\n\nmalformed sensitivity table ({exc!r})\n")
+    return "".join("\n" + x for x in parts)

@@ -60,6 +60,8 @@ def test_stage_writes_reuses_and_reports(tmp_path, capsys):
     assert table["plan"]["source"]["budget_bits"] == 4.5
     html = (out / "reports" / "report.html").read_text()
     assert "Sensitivity" in html and "sensitivity/vggt-tiny-synthetic-sinks/w4a4/sensitivity.json" in html
+    md = (out / "reports" / "report.md").read_text()
+    assert "## Sensitivity: vggt-tiny-synthetic-sinks · w4a4 · per block" in md and "Plan `" in md
     printed = capsys.readouterr().out
     assert "sensitivity: vggt-tiny-synthetic-sinks w4a4:" in printed
     # a rerun with nothing changed reuses the table; another option recomputes it
