@@ -21,12 +21,16 @@ def test_default_suite_runs(tmp_path, capsys, monkeypatch):
     assert f"report: {run_dir / 'reports' / 'report.html'}" in out and "Retained %" in out
     con = sqlite3.connect(run_dir / "results.sqlite")
     rows = con.execute("SELECT method, scheme, status, reason FROM cells").fetchall()
+    from ptq3d.harness.default_suite import WEIGHT_ONLY_METHODS
     from ptq3d.methods import list_methods
 
     methods = {m for m in list_methods() if m != "fp"}
     assert {(m, s) for m, s, _, _ in rows if m != "fp"} == {
         (m, s) for m in methods for s in ("w8a8", "w4a8", "w4a4")
-    }
+    } | {(m, "w4a16") for m in WEIGHT_ONLY_METHODS}
+    assert (run_dir / "sensitivity").is_dir() and "Sensitivity" in (
+        run_dir / "reports" / "report.html"
+    ).read_text()
     assert ("fp", "fp32", "ok", "") in rows
     assert all(reason for _, _, status, reason in rows if status != "ok")  # failures say why
     assert (run_dir / "config.toml").is_file() and (run_dir / "reports" / "report.tex").is_file()
