@@ -276,9 +276,14 @@ class BlockData:
         """Swap the module at `rel` for `new` (see QuantContext.replace)."""
         self.ctx.replace(self.site(rel), new, fp_weight=fp_weight, fp_bias=fp_bias)
 
-    def calibrate_static_acts(self, names: Sequence[str] | None = None) -> None:
+    def calibrate_static_acts(
+        self,
+        names: Sequence[str] | None = None,
+        rows: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         """Set static per-tensor activation ranges of the block's QuantLinears (in execution order, each
-        from its transformed input T(x) with the layers before it already quantized)."""
+        from its transformed input T(x) with the layers before it already quantized). rows: keeps the rows of T(x)
+        that count (e.g. QVGGT drops the special tokens); None = all."""
         qls = self.quant_linears()
         for rel in names if names is not None else list(qls):
             ql = qls[rel]
@@ -288,6 +293,7 @@ class BlockData:
 
             def obs(_rel, x, ql=ql, rng=rng):
                 t = ql.transform_input(x).float()
+                t = t if rows is None else rows(t)
                 rng["min"] = torch.minimum(rng["min"], t.min())
                 rng["max"] = torch.maximum(rng["max"], t.max())
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+from torch import nn
 
 from ptq3d.errors import ConfigError
 from ptq3d.methods.registry import MethodConfig, register_method
@@ -144,6 +145,84 @@ def _block_mse(bd) -> float:
 
 
 @torch.no_grad()
+def fold_scale(
+    lins: dict[str, nn.Linear],
+    rel: str,
+    how: str,
+    norm: nn.Module | None,
+    s: torch.Tensor,
+    X: dict[str, torch.Tensor],
+    online: dict[str, torch.Tensor],
+) -> str:
+    """Apply the searched scale s [in] of linear `rel`: W <- W diag(s) with its input divided by s, folded into
+    `norm` (a foldable norm before it), into the v rows of attn.qkv (how "v_rows", proj) or kept online (a
+    ChannelScale input transform, recorded in `online`). X[rel] (the search rows) is rescaled in place. Returns
+    where the scale went ("folded:<norm>", "folded:attn.qkv.v", "online")."""
+    lin = lins[rel]
+    if norm is not None:
+        norm.weight.div_(s)
+        if getattr(norm, "bias", None) is not None:
+            norm.bias.div_(s)
+        lin.weight.mul_(s.view(1, -1))
+        X[rel] = X[rel] / s
+        return "folded:" + how
+    if how == "v_rows" and "attn.qkv" in lins and lins["attn.qkv"].out_features == 3 * lin.in_features:
+        qkv, c = lins["attn.qkv"], lin.in_features
+        qkv.weight[2 * c :].div_(s.view(-1, 1))
+        if qkv.bias is not None:
+            qkv.bias[2 * c :].div_(s)
+        lin.weight.mul_(s.view(1, -1))
+        X[rel] = X[rel] / s
+        return "folded:attn.qkv.v"
+    online[rel] = s
+    return "online"
+
+
+@torch.no_grad()
+def clip_and_round(
+    bd, lins: dict[str, nn.Linear], X: dict[str, torch.Tensor], online: dict[str, torch.Tensor], config, ctx
+) -> None:
+    """AWQ's last step for every linear of the block: the clipping search on its (scaled) search rows X[rel]
+    (config.clip), then RTN at its own scheme (bd.scheme_for), installed with bd.replace. Static activation
+    ranges are the caller's (bd.calibrate_static_acts)."""
+    rule = config.sym_rule
+    for rel, lin in lins.items():
+        scheme = bd.scheme_for(rel)
+        with ctx.timed(bd.site(rel)):
+            transform = ChannelScale(online[rel]) if rel in online else None
+            W, x = lin.weight.detach().float(), X[rel]
+            if transform is not None:
+                W, x = transform.transform_weight(W), x / online[rel]
+            if config.clip:
+                step = max(1, x.shape[0] // config.clip_tokens)
+                frozen = (
+                    2 * lin.in_features
+                    if rel == "attn.qkv" and lin.out_features == 3 * lin.in_features
+                    else 0
+                )
+                max_val = search_clip(
+                    W,
+                    x[::step][: config.clip_tokens],
+                    scheme.weight,
+                    rule,
+                    config.clip_grid,
+                    config.clip_max_shrink,
+                    frozen,
+                )
+                W = apply_clip(W, max_val)
+            q = QuantLinear.from_linear(
+                lin,
+                scheme.weight,
+                scheme.act,
+                transform,
+                weight=W,
+                act_clip_ratio=config.act_clip_ratio,
+                sym_rule=rule,
+            )
+        bd.replace(rel, q)
+
+
+@torch.no_grad()
 def awq_calibrate_block(bd, config: AWQConfig, ctx) -> None:
     """Scale search and fold (per group), clipping search, RTN: module docstring. Each linear at its own
     scheme (bd.scheme_for: the run's scheme with its mixed-precision plan applied)."""
@@ -163,7 +242,6 @@ def awq_calibrate_block(bd, config: AWQConfig, ctx) -> None:
         x_mean = x_means[rel]
         norm = bd.foldable_norm(how, lin.in_features) if how not in ("v_rows", "online") else None
         inspect_block = norm is not None
-        v_ok = how == "v_rows" and "attn.qkv" in lins and lins["attn.qkv"].out_features == 3 * lin.in_features
 
         if inspect_block:
 
@@ -180,62 +258,9 @@ def awq_calibrate_block(bd, config: AWQConfig, ctx) -> None:
                 return (x @ scaled_fake_weight(W, s, spec, rule).t() - ref).pow(2).mean().item()
 
         s, alpha, losses = search_scale(x_mean, config.n_grid, trial)
-        if inspect_block:
-            norm.weight.div_(s)
-            if getattr(norm, "bias", None) is not None:
-                norm.bias.div_(s)
-            lin.weight.mul_(s.view(1, -1))
-            X[rel] = X[rel] / s
-            where = "folded:" + how
-        elif v_ok:
-            qkv, c = lins["attn.qkv"], lin.in_features
-            qkv.weight[2 * c :].div_(s.view(-1, 1))
-            if qkv.bias is not None:
-                qkv.bias[2 * c :].div_(s)
-            lin.weight.mul_(s.view(1, -1))
-            X[rel] = X[rel] / s
-            where = "folded:attn.qkv.v"
-        else:
-            online[rel] = s
-            where = "online"
+        where = fold_scale(lins, rel, how, norm, s, X, online)
         ctx.stats.layer(bd.site(rel), awq_alpha=alpha, awq_scaling=where, awq_loss=min(losses))
-    for rel, lin in lins.items():
-        scheme = bd.scheme_for(rel)
-        spec = scheme.weight
-        with ctx.timed(bd.site(rel)):
-            transform = ChannelScale(online[rel]) if rel in online else None
-            W = lin.weight.detach().float()
-            x = X[rel]
-            if transform is not None:
-                W = transform.transform_weight(W)
-                x = x / online[rel]
-            if config.clip:
-                step = max(1, x.shape[0] // config.clip_tokens)
-                frozen = (
-                    2 * lin.in_features
-                    if rel == "attn.qkv" and lin.out_features == 3 * lin.in_features
-                    else 0
-                )
-                max_val = search_clip(
-                    W,
-                    x[::step][: config.clip_tokens],
-                    spec,
-                    rule,
-                    config.clip_grid,
-                    config.clip_max_shrink,
-                    frozen,
-                )
-                W = apply_clip(W, max_val)
-            q = QuantLinear.from_linear(
-                lin,
-                spec,
-                scheme.act,
-                transform,
-                weight=W,
-                act_clip_ratio=config.act_clip_ratio,
-                sym_rule=rule,
-            )
-        bd.replace(rel, q)
+    clip_and_round(bd, lins, X, online, config, ctx)
     bd.calibrate_static_acts()
 
 

@@ -110,15 +110,13 @@ from ptq3d.errors import ConfigError
 from ptq3d.methods.awq import (
     AWQConfig,
     activation_scales,
-    apply_clip,
+    clip_and_round,
+    fold_scale,
     scaled_fake_weight,
-    search_clip,
     search_scale,
 )
 from ptq3d.methods.registry import register_method
 from ptq3d.models.base import TASKS as HEAD_TASKS
-from ptq3d.quant.qlinear import QuantLinear
-from ptq3d.quant.transforms import ChannelScale
 
 CIC_CHILD = "qvggt_cic"
 
@@ -519,24 +517,7 @@ def qvggt_calibrate_block(bd, config: QVGGTConfig, ctx, probe: TaskProbe | None,
         else:
             alpha = alpha_rec
         s = activation_scales(x_means[rel], alpha)
-        if norm is not None:
-            norm.weight.div_(s)
-            if getattr(norm, "bias", None) is not None:
-                norm.bias.div_(s)
-            lin.weight.mul_(s.view(1, -1))
-            X[rel] = X[rel] / s
-            where = "folded:" + how
-        elif how == "v_rows" and "attn.qkv" in lins and lins["attn.qkv"].out_features == 3 * lin.in_features:
-            qkv, c = lins["attn.qkv"], lin.in_features
-            qkv.weight[2 * c :].div_(s.view(-1, 1))
-            if qkv.bias is not None:
-                qkv.bias[2 * c :].div_(s)
-            lin.weight.mul_(s.view(1, -1))
-            X[rel] = X[rel] / s
-            where = "folded:attn.qkv.v"
-        else:
-            online[rel] = s
-            where = "online"
+        where = fold_scale(lins, rel, how, norm, s, X, online)
         ctx.stats.layer(
             bd.site(rel),
             qvggt_alpha=alpha,
@@ -544,59 +525,8 @@ def qvggt_calibrate_block(bd, config: QVGGTConfig, ctx, probe: TaskProbe | None,
             qvggt_scaling=where,
             qvggt_rec=min(rec),
         )
-    for rel, lin in lins.items():
-        scheme = bd.scheme_for(rel)
-        with ctx.timed(bd.site(rel)):
-            transform = ChannelScale(online[rel]) if rel in online else None
-            W, x = lin.weight.detach().float(), X[rel]
-            if transform is not None:
-                W, x = transform.transform_weight(W), x / online[rel]
-            if config.clip:
-                step = max(1, x.shape[0] // config.clip_tokens)
-                frozen = (
-                    2 * lin.in_features
-                    if rel == "attn.qkv" and lin.out_features == 3 * lin.in_features
-                    else 0
-                )
-                W = apply_clip(
-                    W,
-                    search_clip(
-                        W,
-                        x[::step][: config.clip_tokens],
-                        scheme.weight,
-                        rule,
-                        config.clip_grid,
-                        config.clip_max_shrink,
-                        frozen,
-                    ),
-                )
-            q = QuantLinear.from_linear(
-                lin,
-                scheme.weight,
-                scheme.act,
-                transform,
-                weight=W,
-                act_clip_ratio=config.act_clip_ratio,
-                sym_rule=rule,
-            )
-        bd.replace(rel, q)
-    _calibrate_static_acts(bd, keep)
-
-
-def _calibrate_static_acts(bd, keep) -> None:
-    """Static per-tensor ranges of T(x) over the kept (patch) rows, each layer with the earlier ones quantized."""
-    for rel, ql in bd.quant_linears().items():
-        if ql.act_scale is None:
-            continue
-        rng = {"min": torch.tensor(float("inf")), "max": torch.tensor(float("-inf"))}
-
-        def obs(_rel, x, ql=ql, rng=rng):
-            t = keep(ql.transform_input(x).float())
-            rng["min"] = torch.minimum(rng["min"], t.min())
-            rng["max"] = torch.maximum(rng["max"], t.max())
-
-        bd.collect(obs, [rel])
-        ql.set_static_range(rng["min"], rng["max"])
+    clip_and_round(bd, lins, X, online, config, ctx)
+    bd.calibrate_static_acts(rows=keep)
 
 
 @register_method("qvggt", config=QVGGTConfig, requires_calibration="always", propagate="fp")
