@@ -26,12 +26,14 @@ from ptq3d.results.records import FP_METHOD, CalibRef, ModelRef, ProtocolRef
 
 @dataclass(frozen=True)
 class MetricInfo:
-    """How to read a metric: higher_is_better (None: a count, no direction), unit, aggregation."""
+    """How to read a metric: higher_is_better (None: a count, no direction), unit, aggregation, and weight_key: the
+    per-scene count metric that weights a "weighted" / "pooled" aggregation (None for the others)."""
 
     name: str
     higher_is_better: bool | None
     unit: str = ""
     aggregation: str = "mean"
+    weight_key: str | None = None
 
 
 @dataclass

@@ -500,7 +500,7 @@ class RealComponents(Components):
         from ptq3d.metrics import get_metric
 
         s = get_metric(name)
-        return MetricInfo(name, s.higher_is_better, s.unit, s.aggregation)
+        return MetricInfo(name, s.higher_is_better, s.unit, s.aggregation, s.weight_key)
 
     def _policy(self, ref: ProtocolRef):
         from ptq3d.metrics import AlignmentPolicy

@@ -23,8 +23,8 @@ and allowed = tolerance (absolute) or tolerance * |baseline| (relative):
   percentile bootstrap, `scipy.stats.bootstrap`, the same scenes for baseline and new); a metric regresses only
   when the whole confidence interval of the mean paired difference lies above `allowed`, so a few-scene CI gate
   passes a difference that is within scene noise and still fails a real regression. The statistic is the
-  unweighted mean over scenes (the store does not record which count weights a weighted / pooled metric); the
-  stored aggregate is shown beside it.
+  unweighted mean over scenes, also for a weighted / pooled metric (whose weight key the store records in
+  metric_info; the leaderboard's intervals use it, this gate does not yet); the stored aggregate is shown beside it.
 A non-finite new value where the baseline was finite regresses, and so does a cell that finished in the
 baseline but failed in the new store; a cell that failed in the baseline is listed, not gated. Cells only in
 the new store ("new") and cells missing from it ("missing") are listed apart; missing cells fail the gate unless

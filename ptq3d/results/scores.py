@@ -48,9 +48,9 @@ from ptq3d.results.records import FP_METHOD
 from ptq3d.results.tasks import TASKS, primary_metrics
 
 KEY = ["model", "model_label", "method", "method_label", "scheme", "calib_builder"]
-# per-scene count that weights a "weighted" / "pooled" aggregate, by task prefix (the metric registry's
-# weight_key, which the store does not keep)
-WEIGHT_KEYS = {"depth": "depth.valid_pixels", "pose": "pose.n_pairs"}
+# per-scene count that weights a "weighted" / "pooled" aggregate, by task prefix: only for stores written before
+# metric_info kept each metric's weight_key (newer stores name it per metric)
+LEGACY_WEIGHT_KEYS = {"depth": "depth.valid_pixels", "pose": "pose.n_pairs"}
 TIE_Z = 1.96
 MIN_SCENES = 8  # below this a percentile bootstrap over scenes understates the uncertainty
 
@@ -255,7 +255,8 @@ class _Board:
     def weights(self, cell_id: str, stage: str, metric: str, scenes: list[str]) -> np.ndarray:
         agg = self.res.metric_info.get(metric, {}).get("aggregation", "mean")
         if agg in ("weighted", "pooled"):
-            wkey = WEIGHT_KEYS.get(metric.split(".", 1)[0])
+            info = self.res.metric_info.get(metric, {})
+            wkey = info.get("weight_key") or LEGACY_WEIGHT_KEYS.get(metric.split(".", 1)[0])
             sc = self.res.scenes
             sel = sc[(sc["cell_id"] == cell_id) & (sc["stage"] == stage) & (sc["metric"] == wkey)]
             w = dict(zip(sel["scene"], sel["value"], strict=True))

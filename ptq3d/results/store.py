@@ -87,7 +87,8 @@ CREATE TABLE IF NOT EXISTS metrics(
 CREATE TABLE IF NOT EXISTS stages(
     cell_id TEXT NOT NULL, stage TEXT NOT NULL, wall_s REAL, cpu_peak_bytes INTEGER, cpu_delta_bytes INTEGER,
     cuda_peak_bytes INTEGER, status TEXT, note TEXT, PRIMARY KEY(cell_id, stage));
-CREATE TABLE IF NOT EXISTS metric_info(metric TEXT PRIMARY KEY, higher_is_better INTEGER, unit TEXT, aggregation TEXT);
+CREATE TABLE IF NOT EXISTS metric_info(metric TEXT PRIMARY KEY, higher_is_better INTEGER, unit TEXT, aggregation TEXT,
+    weight_key TEXT);
 """
 # columns added after version 1 shipped: added in place when a store is opened for writing (readers of either
 # layout work, since they select by name)
@@ -151,6 +152,9 @@ class ResultsStore:
                             self.conn.execute(f"ALTER TABLE cells ADD COLUMN {column} {kind}")
                     if "slot_id" not in have:
                         self._backfill_slots()
+                    info_cols = {r[1] for r in self.conn.execute("PRAGMA table_info(metric_info)")}
+                    if "weight_key" not in info_cols:  # stores written before weight keys were kept
+                        self.conn.execute("ALTER TABLE metric_info ADD COLUMN weight_key TEXT")
             except sqlite3.DatabaseError as exc:
                 self.conn.close()
                 if is_disk_full(exc):
@@ -294,13 +298,15 @@ class ResultsStore:
                 ],
             )
             self.conn.executemany(
-                "INSERT OR REPLACE INTO metric_info VALUES (?,?,?,?)",
+                "INSERT OR REPLACE INTO metric_info(metric, higher_is_better, unit, aggregation, weight_key) "
+                "VALUES (?,?,?,?,?)",
                 [
                     (
                         name,
                         None if info.get("higher_is_better") is None else int(bool(info["higher_is_better"])),
                         info.get("unit", ""),
                         info.get("aggregation", "mean"),
+                        info.get("weight_key"),
                     )
                     for name, info in result.metric_info.items()
                 ],
@@ -373,6 +379,7 @@ class ResultsStore:
                 "higher_is_better": None if hib is None else bool(hib),
                 "unit": r["unit"],
                 "aggregation": r["aggregation"],
+                "weight_key": r["weight_key"] if "weight_key" in r.keys() else None,  # noqa: SIM118 (Row: in = values)
             }
         return out
 
