@@ -304,6 +304,46 @@ class FakeComponents(Components):
         model.backend = backend
 
 
+# one RTN method on the toy model: the grid the fault and identity tests vary ({weights}: more [[models]] lines,
+# {backend}: [eval].real_backend)
+RTN_GRID = """
+[[models]]
+name = "toy"
+{weights}
+[[methods]]
+name = "rtn"
+label = "RTN"
+[[protocols]]
+name = "toy-smoke"
+[calibration]
+protocol = "toy-heldout"
+num_scenes = 2
+[eval]
+bench = false
+outlier_stats = false
+real_backend = "{backend}"
+threads = 1
+"""
+
+
+def rtn_grid(
+    tmp_path: Path,
+    body: str = RTN_GRID,
+    components: str = COMPONENTS,
+    schemes: str = '["w8a8"]',
+    weights: str = "",
+    backend: str = "none",
+) -> Path:
+    """tmp_path/grid.toml: `body` (RTN_GRID or a variant of it) run with `components` at `schemes`, writing its store
+    under tmp_path/out."""
+    path = tmp_path / "grid.toml"
+    path.write_text(
+        f'[run]\ncomponents = "{components}"\nschemes = {schemes}\noutput_dir = "{tmp_path / "out"}"\n'
+        + body.format(weights=weights, backend=backend)
+    )
+    return path
+
+
 def write_config(path: Path, body: str, run: str = "") -> Path:
     """Write a TOML config whose [run] uses the fake components (`run`: more [run] lines; body: the rest)."""
     path.write_text(f'[run]\ncomponents = "{COMPONENTS}"\n{run}\n{body}')

@@ -17,35 +17,13 @@ from ptq3d.harness.executors import ProcessPoolExecutor
 from ptq3d.harness.runner import run_cell
 from ptq3d.harness.sweep import run_grid
 from ptq3d.results.store import DiskFullError, ResultsStore, repair_store
-from tests.harness.fakes import COMPONENTS, FakeComponents
+from tests.harness.fakes import COMPONENTS, FakeComponents, rtn_grid
 
-BODY = """
-[[models]]
-name = "toy"
-[[methods]]
-name = "rtn"
-label = "RTN"
-[[protocols]]
-name = "toy-smoke"
-[calibration]
-protocol = "toy-heldout"
-num_scenes = 2
-[eval]
-bench = false
-outlier_stats = false
-real_backend = "{backend}"
-threads = 1
-"""
 FLAG = "PTQ3D_TEST_FAULT_FLAG"  # a file whose existence arms a fault once (seen by spawned workers too)
 
 
 def _config(tmp_path: Path, components: str = COMPONENTS, schemes='["w8a8", "w4a8"]', backend="none") -> Path:
-    path = tmp_path / "grid.toml"
-    path.write_text(
-        f'[run]\ncomponents = "{components}"\nschemes = {schemes}\noutput_dir = "{tmp_path / "out"}"\n'
-        + BODY.format(backend=backend)
-    )
-    return path
+    return rtn_grid(tmp_path, components=components, schemes=schemes, backend=backend)
 
 
 def _arm(tmp_path: Path, monkeypatch) -> Path:

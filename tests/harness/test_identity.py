@@ -17,37 +17,15 @@ from ptq3d.harness.runner import run_cell
 from ptq3d.harness.sweep import run_grid
 from ptq3d.results.records import AGGREGATE_SCENE
 from ptq3d.results.store import ResultsStore
-from tests.harness.fakes import COMPONENTS, FakeComponents, ToyModel
+from tests.harness.fakes import COMPONENTS, RTN_GRID, FakeComponents, ToyModel, rtn_grid
 
-BODY = """
-[[models]]
-name = "toy"
-{weights}
-[[methods]]
-name = "rtn"
-label = "RTN"
-[[protocols]]
-name = "toy-smoke"
-[calibration]
-protocol = "toy-heldout"
-num_scenes = 2
-[eval]
-bench = false
-outlier_stats = false
-real_backend = "none"
-threads = 1
-"""
+BODY = RTN_GRID
 
 
 def _config(
     tmp_path: Path, body: str = BODY, components: str = COMPONENTS, schemes='["w8a8"]', **fmt
 ) -> Path:
-    path = tmp_path / "grid.toml"
-    path.write_text(
-        f'[run]\ncomponents = "{components}"\nschemes = {schemes}\noutput_dir = "{tmp_path / "out"}"\n'
-        + body.format(weights=fmt.get("weights", ""))
-    )
-    return path
+    return rtn_grid(tmp_path, body, components, schemes, weights=fmt.get("weights", ""))
 
 
 def _save_toy(path: Path, seed: int) -> None:
