@@ -448,6 +448,19 @@ class TrainResult:
     history: list[dict]
 
 
+def _seeded_pool(out, work_dir, cfg, workers: int):
+    """(out, work dir, scene pool, seconds to build it) for a training run: the work dir (default beside `out`)
+    created, torch and numpy seeded with cfg.seed, then the pool built (cached in the work dir)."""
+    out = Path(out)
+    work = Path(work_dir) if work_dir else out.parent / (out.stem + "_work")
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    t_pool = time.perf_counter()
+    pool = build_pool(cfg, workers=workers, cache_dir=work)
+    return out, work, pool, time.perf_counter() - t_pool
+
+
 def train(
     cfg: TrainConfig,
     out: str | Path,
@@ -459,18 +472,11 @@ def train(
     """Train the bundled configuration from scratch (or resume `work_dir/checkpoint.pt`); write the final weights
     to `out` (safetensors). work_dir (default: beside `out`) holds the pool cache, the checkpoint, partial weights
     (`partial.safetensors`, refreshed with every checkpoint) and the log `train_log.jsonl`."""
-    out = Path(out)
-    work = Path(work_dir) if work_dir else out.parent / (out.stem + "_work")
-    work.mkdir(parents=True, exist_ok=True)
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train-tiny: --device cuda asked for, but no CUDA device is available")
     if device == "cpu":
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    t_pool = time.perf_counter()
-    pool = build_pool(cfg, workers=workers, cache_dir=work)
-    pool_s = time.perf_counter() - t_pool
+    out, work, pool, pool_s = _seeded_pool(out, work_dir, cfg, workers)
 
     model = VGGT(vggt_tiny_synthetic_config())
     init_weights(model)
@@ -615,15 +621,8 @@ def finetune_sinks(
     from ptq3d.models.bundled.sinks import MassiveConfig, plant_massive_activations, set_massive_entries
 
     massive = massive or MassiveConfig()
-    out = Path(out)
-    work = Path(work_dir) if work_dir else out.parent / (out.stem + "_work")
-    work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    t_pool = time.perf_counter()
-    pool = build_pool(cfg, workers=workers, cache_dir=work)
-    pool_s = time.perf_counter() - t_pool
+    out, work, pool, pool_s = _seeded_pool(out, work_dir, cfg, workers)
     model = load_model("vggt-tiny-synthetic", weights=base_weights).module
     planted = plant_massive_activations(model, massive)
     base = str(base_weights) if base_weights else "vggt-tiny-synthetic"
