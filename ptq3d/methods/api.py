@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -189,10 +190,7 @@ def effective_format(module: nn.Module, sites: dict[str, Any], fp_linears: list[
     set_w = sorted({q.weight_spec.bits for q in qls.values()})
     set_a = sorted({16 if q.act_spec is None else q.act_spec.bits for q in qls.values()})
     if len(set_w) > 1:  # a mixed-precision plan: the parameter-weighted mean and the widths used
-        avg = sum(q.qweight.numel() * q.weight_spec.bits for q in qls.values()) / sum(
-            q.qweight.numel() for q in qls.values()
-        )
-        bits_w = f"{avg:.2f} mixed ({'/'.join(map(str, set_w))})"
+        bits_w = f"{mean_weight_bits(qls.values()):.2f} mixed ({'/'.join(map(str, set_w))})"
     if len(set_a) > 1:
         short_act = f"A mixed ({'/'.join(map(str, set_a))})"
     else:
@@ -302,6 +300,13 @@ def _check_plan_held(
             )
 
 
+def mean_weight_bits(qls: Iterable[QuantLinear]) -> float | None:
+    """Parameter-weighted mean weight bits, sum(numel * bits) / sum(numel) (None without quantized linears)."""
+    qls = list(qls)
+    den = sum(q.qweight.numel() for q in qls)
+    return sum(q.qweight.numel() * q.weight_spec.bits for q in qls) / den if den else None
+
+
 def plan_summary(module: nn.Module) -> dict[str, Any]:
     """Bits and bytes of the quantized sites as built (mixed plans included).
 
@@ -311,25 +316,25 @@ def plan_summary(module: nn.Module) -> dict[str, Any]:
     bits_histogram: "W<b>A<b>" -> number of sites."""
     from ptq3d.kernels import model_bytes
 
-    num = den = act_num = act_den = max_bits = 0
+    qls = [m for m in module.modules() if isinstance(m, QuantLinear)]
+    act_bits = [16 if q.act_spec is None else q.act_spec.bits for q in qls]
     hist: dict[str, int] = {}
-    for mod in module.modules():
-        if isinstance(mod, QuantLinear):
-            n = mod.qweight.numel()
-            num += n * mod.weight_spec.bits
-            den += n
-            max_bits = max(max_bits, mod.weight_spec.bits)
-            ab = 16 if mod.act_spec is None else mod.act_spec.bits
-            act_num += mod.in_features * ab
-            act_den += mod.in_features
-            key = f"W{mod.weight_spec.bits}A{ab}"
-            hist[key] = hist.get(key, 0) + 1
+    for q, ab in zip(qls, act_bits, strict=True):
+        key = f"W{q.weight_spec.bits}A{ab}"
+        hist[key] = hist.get(key, 0) + 1
+    act_den = sum(q.in_features for q in qls)
     return {
-        "effective_weight_bits": num / den if den else None,
-        "effective_act_bits": act_num / act_den if act_den else None,
+        "effective_weight_bits": mean_weight_bits(qls),
+        "effective_act_bits": (
+            sum(q.in_features * ab for q, ab in zip(qls, act_bits, strict=True)) / act_den
+            if act_den
+            else None
+        ),
         # None where a site has no integer packing (weights above 8 bits, e.g. a 16-bit exactness check)
         "quantized_weight_bytes": (
-            int(model_bytes(module).quant_packed_bytes) if den and max_bits <= 8 else None
+            int(model_bytes(module).quant_packed_bytes)
+            if qls and max(q.weight_spec.bits for q in qls) <= 8
+            else None
         ),
         "bits_histogram": dict(sorted(hist.items())),
     }
