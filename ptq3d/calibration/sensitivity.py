@@ -53,7 +53,7 @@ import torch
 from torch import nn
 
 from ptq3d.calibration.block_gradients import squared_block_output_grads
-from ptq3d.calibration.blockwise import BlockData, QuantContext, replace_module
+from ptq3d.calibration.blockwise import BlockData, QuantContext, capture_inputs, replace_module
 from ptq3d.errors import ConfigError
 from ptq3d.models.base import TASKS
 from ptq3d.quant.plan import PrecisionPlan
@@ -221,11 +221,7 @@ def _measure(
         if missing:
             raise ConfigError(f"model '{model.name}' has no task output {', '.join(missing)}")
         ref.append({t: out[t].detach() for t in tasks})
-    inputs, contexts = [], []
-    for x in images:  # capture_inputs, on the model's device
-        xi, c = model.capture_block_input(x, scope)
-        inputs.append(xi)
-        contexts.append(c)
+    inputs, contexts = capture_inputs(model, calibration, scope)
     ctx = QuantContext(model, scope=scope, scheme=scheme, method_name="sensitivity")
     rows, err_c = [], {}
     for i, blk in enumerate(blocks):
