@@ -37,7 +37,6 @@ def squared_block_output_grads(
         raise ConfigError("the gradient pass needs at least one calibration scene")
     module = model.module
     params = list(module.parameters())
-    device = params[0].device if params else torch.device("cpu")
     flags = [p.requires_grad for p in params]
     was_training = module.training
     outs: list[torch.Tensor | None] = [None] * len(blocks)
@@ -55,7 +54,7 @@ def squared_block_output_grads(
             p.requires_grad_(False)
         module.eval()
         for n, s in enumerate(samples):
-            images = s.images.unsqueeze(0).float().to(device).requires_grad_(True)
+            images = s.as_batch(model.device).requires_grad_(True)
             with torch.enable_grad():
                 outs[:] = [None] * len(blocks)
                 scalars = losses(model.task_outputs(images), s, n)

@@ -306,12 +306,10 @@ def capture_inputs(
 ) -> tuple[list[torch.Tensor], list[BlockContext]]:
     """First-block inputs [1, S, P, C] and contexts, one per calibration sample (images moved to the model's
     device)."""
-    param = next(model.module.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
     xs, cs = [], []
     with torch.no_grad():
         for s in calib.samples:
-            x, c = model.capture_block_input(s.images.unsqueeze(0).float().to(device), scope)
+            x, c = model.capture_block_input(s.as_batch(model.device), scope)
             xs.append(x)
             cs.append(c)
     return xs, cs

@@ -212,8 +212,7 @@ def _measure(
     """The block loop (module docstring): rows with the measured s_k and the block output error, and per unit
     the per-channel squared output error e_u [C] (float64) for the estimates."""
     blocks = model.blocks(scope)
-    device = next(model.module.parameters()).device
-    images = [s.images.unsqueeze(0).float().to(device) for s in calibration.samples]
+    images = [s.as_batch(model.device) for s in calibration.samples]
     ref = []
     for x in images:
         out = model.task_outputs(x)

@@ -37,6 +37,11 @@ class SceneSample:
     def image_size(self) -> tuple[int, int]:
         return int(self.images.shape[-2]), int(self.images.shape[-1])
 
+    def as_batch(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """The images as a batch of one scene, [1, S, 3, H, W] float32, on `device` (None: where they are)."""
+        x = self.images.unsqueeze(0).float()
+        return x if device is None else x.to(device)
+
     def content_hash(self) -> str:
         """SHA-256 (hex, 16 chars) over the tensors and the scene identity, stable across processes."""
         h = hashlib.sha256()

@@ -278,7 +278,7 @@ class TaskProbe:
 
     def __init__(self, model, calibration, num: int):
         self.model = model
-        self.images = [s.images.unsqueeze(0).float() for s in calibration.samples[:num]]
+        self.images = [s.as_batch(model.device) for s in calibration.samples[:num]]
         with torch.no_grad():
             self.fp = [model.task_outputs(im) for im in self.images]
         self.evals = 0
@@ -543,7 +543,7 @@ def quantize_qvggt(model, calibration, scheme, config: QVGGTConfig, ctx) -> None
             rec["plan"] = plan.to_dict()
         record["plan"] = rec
     head = camera_head_name(model) if config.cic else None
-    images = [s.images.unsqueeze(0).float() for s in calibration.samples]
+    images = [s.as_batch(model.device) for s in calibration.samples]
     T_fp = camera_tokens(model, head, images) if head is not None else None
     probe = TaskProbe(model, calibration, config.task_scenes) if config.task_aware else None
     ctx.blockwise(calibration, lambda bd: qvggt_calibrate_block(bd, config, ctx, probe, record))

@@ -286,7 +286,7 @@ def capture_output_grads(
         for i, s in enumerate(calibration.samples):
             buf.clear()
             buf.update({site: [] for site in sites})
-            images = s.images.unsqueeze(0).float().requires_grad_(True)
+            images = s.as_batch(model.device).requires_grad_(True)
             with torch.enable_grad():
                 task_loss(model.task_outputs(images), s, loss).backward()
             for site in sites:

@@ -184,6 +184,12 @@ class GeometryModel:
         for blk in self.blocks(scope):
             yield blk, {n: m for n, m in blk.module.named_modules() if isinstance(m, nn.Linear)}
 
+    @property
+    def device(self) -> torch.device:
+        """Where the module's parameters are (CPU for a module without parameters)."""
+        param = next(self.module.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.module.parameters())
 
