@@ -84,6 +84,10 @@ class Components:
         if scheme not in self.list_schemes():
             raise unknown_name_error("scheme", scheme, self.list_schemes())
 
+    def check_plan(self, ref: ModelRef, plan: dict[str, Any], scope: str) -> None:
+        """Raise UserError if a mixed-precision plan (PrecisionPlan.to_dict) names a block or site that model
+        `ref` does not have at `scope` (default: no check; components that know the architecture override it)."""
+
     def check_method_config(self, method: str, config: dict[str, Any]) -> None:
         """Raise UserError if `config` is not valid for `method`."""
 

@@ -739,10 +739,9 @@ def check_names(cfg: RunConfig) -> None:
             except UserError as exc:
                 raise ConfigError(f"{src}: {where}.schemes[{k}] = {s!r}: {exc}") from None
         if plan.ref.plan is not None:
-            check_plan = getattr(comp, "check_plan", None)
-            for model in cfg.models if check_plan is not None else []:
+            for model in cfg.models:
                 try:
-                    check_plan(model, plan.ref.plan, plan.scope)
+                    comp.check_plan(model, plan.ref.plan, plan.scope)
                 except UserError as exc:
                     raise ConfigError(f"{src}: {where}.plan ({m.display}): {exc}") from None
         if not any(comp.method_needs_calibration(m.name, plan.ref.config, s) for s in plan.schemes or [None]):
