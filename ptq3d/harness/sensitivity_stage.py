@@ -2,8 +2,8 @@
 
 For every model x scheme of the run's [sensitivity] table: draw `num_scenes` scenes of the [calibration] protocol
 (random builder, the table's seed), run ptq3d.calibration.sensitivity.block_sensitivity on the FP model, and write
-<output_dir>/sensitivity/<model>/<scheme>/: sensitivity.json and .csv, heatmap.png, plan.toml (with a budget) and
-key.json. key.json holds what the numbers depend on (model weights hash, scheme, calibration hash, options, format);
+<output_dir>/sensitivity/<model>/<scheme>/: what `ptq3d sensitivity` writes (`write_table`: sensitivity.json and
+.csv, sensitivity.png, plan.toml with a budget) and key.json. key.json holds what the numbers depend on (model weights hash, scheme, calibration hash, options, format);
 an existing directory with the same key is reused (a rerun resumes), one with another key is recomputed, so a
 table is never stale. The HTML report (ptq3d.reports.sensitivity) shows every sensitivity.json under the run.
 """
@@ -30,6 +30,22 @@ def sensitivity_dir(cfg: RunConfig, model_name: str, scheme: str) -> Path:
     return Path(cfg.output_dir) / "sensitivity" / _slug(model_name) / _slug(scheme)
 
 
+def write_table(table: Any, out: Path, plan: Any = None) -> list[Path]:
+    """Write a SensitivityTable into `out`: plan.toml (a PrecisionPlan, also recorded in the table),
+    sensitivity.json, sensitivity.csv and the units x tasks heatmap sensitivity.png. Returns the paths."""
+    from ptq3d.reports.sensitivity import load, save_heatmap_png
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if plan is not None:
+        table.plan = plan.to_dict()
+        written.append(plan.save(out / "plan.toml"))
+    written.append(table.save_json(out / "sensitivity.json"))
+    written.append(table.save_csv(out / "sensitivity.csv"))
+    written.append(save_heatmap_png(load(out / "sensitivity.json"), out / "sensitivity.png"))
+    return written
+
+
 def run_sensitivity(cfg: RunConfig, log=print) -> list[Path]:
     """Measure (or reuse) every model x scheme of cfg.sensitivity; returns the sensitivity.json paths. Only the
     real components have GeometryModels to measure; with others the stage says so and does nothing."""
@@ -42,7 +58,6 @@ def run_sensitivity(cfg: RunConfig, log=print) -> list[Path]:
     from ptq3d.calibration.sensitivity import SensitivityTable, block_sensitivity, plan_for_budget
     from ptq3d.harness.components import get_components
     from ptq3d.harness.fpcache import atomic_write
-    from ptq3d.reports.sensitivity import save_heatmap_png
 
     comp = get_components("real")
     cal = cfg.calibration
@@ -55,7 +70,7 @@ def run_sensitivity(cfg: RunConfig, log=print) -> list[Path]:
         )
         calibration = comp.build_calibration(calib_ref, pool, model=model)
         for scheme in opts.schemes:
-            out = sensitivity_dir(cfg, ref.display or ref.name, scheme)
+            out = sensitivity_dir(cfg, ref.display, scheme)
             key: dict[str, Any] = {
                 "model": ref.name,
                 "weights_sha256": comp.model_hash(model),
@@ -74,7 +89,7 @@ def run_sensitivity(cfg: RunConfig, log=print) -> list[Path]:
                     same = False
                 if same:
                     SensitivityTable.load_json(out / "sensitivity.json")  # readable, else this raises
-                    log(f"sensitivity: {ref.display or ref.name} {scheme}: reused {out}")
+                    log(f"sensitivity: {ref.display} {scheme}: reused {out}")
                     written.append(out / "sensitivity.json")
                     continue
                 kpath.unlink()  # stale: recompute, and never leave the old key beside new numbers
@@ -88,13 +103,11 @@ def run_sensitivity(cfg: RunConfig, log=print) -> list[Path]:
                 estimates=opts.estimates,
                 seed=opts.seed,
             )
+            plan = None
             if opts.budget is not None:
                 plan = plan_for_budget(table, model, scheme, opts.budget, opts.high_bits)
-                table.plan = plan.to_dict()
-                plan.save(out / "plan.toml")
-            written.append(table.save_json(out / "sensitivity.json"))
-            table.save_csv(out / "sensitivity.csv")
-            save_heatmap_png(table.to_dict(), out / "heatmap.png")
+            write_table(table, out, plan)
+            written.append(out / "sensitivity.json")
             atomic_write(kpath, json.dumps(key, indent=1).encode())
-            log(f"sensitivity: {ref.display or ref.name} {scheme}: {time.perf_counter() - t0:.1f} s -> {out}")
+            log(f"sensitivity: {ref.display} {scheme}: {time.perf_counter() - t0:.1f} s -> {out}")
     return written

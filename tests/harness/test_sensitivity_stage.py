@@ -56,7 +56,7 @@ def test_stage_writes_reuses_and_reports(tmp_path, capsys):
         "aggregator.global_blocks.0",
     ]
     assert all(r["camera"] >= 0 and r["depth"] >= 0 for r in table["rows"])
-    assert (d / "plan.toml").is_file() and (d / "heatmap.png").stat().st_size > 0
+    assert (d / "plan.toml").is_file() and (d / "sensitivity.png").stat().st_size > 0
     assert table["plan"]["source"]["budget_bits"] == 4.5
     html = (out / "reports" / "report.html").read_text()
     assert "Sensitivity" in html and "sensitivity/vggt-tiny-synthetic-sinks/w4a4/sensitivity.json" in html

@@ -57,6 +57,7 @@ def handle(args: argparse.Namespace) -> int:
 
     from ptq3d.calibration.sensitivity import block_sensitivity, plan_for_budget
     from ptq3d.errors import ConfigError
+    from ptq3d.harness.sensitivity_stage import write_table
     from ptq3d.models import load_model
     from ptq3d.quant.spec import get_scheme
     from ptq3d.reports import sensitivity as report
@@ -79,9 +80,7 @@ def handle(args: argparse.Namespace) -> int:
         estimates=not args.no_estimates,
         seed=args.seed,
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
+    plan = None
     if args.budget is not None:
         plan = plan_for_budget(
             table,
@@ -93,13 +92,9 @@ def handle(args: argparse.Namespace) -> int:
             args.plan_name,
             args.high_act_bits,
         )
-        table.plan = plan.to_dict()
-        written.append(plan.save(out / "plan.toml"))
-    written.append(table.save_json(out / "sensitivity.json"))
-    written.append(table.save_csv(out / "sensitivity.csv"))
-    data = report.load(out / "sensitivity.json")
-    written.append(report.save_heatmap_png(data, out / "sensitivity.png"))
-    print(report.to_markdown(data))
+    out = Path(args.out)
+    written = write_table(table, out, plan)
+    print(report.to_markdown(report.load(out / "sensitivity.json")))
     for p in written:
         print(f"wrote {p}")
     return 0
