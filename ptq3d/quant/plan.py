@@ -135,7 +135,12 @@ class PrecisionPlan:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         if p.suffix == ".toml":
-            p.write_text(_to_toml(self.to_dict()))
+            import tomli_w
+
+            try:
+                p.write_text(tomli_w.dumps(self.to_dict()))
+            except TypeError as exc:  # e.g. a None in the free-form provenance: TOML has no null
+                raise ConfigError(f"plan '{self.name}': cannot write {p} as TOML ({exc}); use .json") from None
         else:
             p.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True))
         return p
@@ -162,29 +167,3 @@ class PrecisionPlan:
                 weighted += lin.weight.numel() * bits
         return weighted / total if total else float("nan")
 
-
-def _toml_str(s: str) -> str:
-    return json.dumps(str(s))  # a JSON string is a valid TOML basic string
-
-
-def _to_toml(d: dict[str, Any]) -> str:
-    lines = [f"name = {_toml_str(d['name'])}"]
-    for table in ("blocks", "sites"):
-        if d[table]:
-            lines.append(f"\n[{table}]")
-            lines += [f"{_toml_str(k)} = {_toml_str(v)}" for k, v in d[table].items()]
-    if d["source"]:
-        lines.append("\n[source]")
-        for k, v in d["source"].items():
-            lines.append(f"{_toml_str(k)} = {_toml_value(v)}")
-    return "\n".join(lines) + "\n"
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return _toml_str(v)

@@ -59,6 +59,10 @@ def test_errors(tmp_path):
     (tmp_path / "bad.toml").write_text("name = [")
     with pytest.raises(ConfigError, match="bad.toml: not a valid plan"):
         PrecisionPlan.load(tmp_path / "bad.toml")
+    none_source = PrecisionPlan("p", blocks={"b": "w8"}, source={"task": None})
+    with pytest.raises(ConfigError, match="cannot write .*plan.toml as TOML"):
+        none_source.save(tmp_path / "plan.toml")
+    assert PrecisionPlan.load(none_source.save(tmp_path / "plan.json")) == none_source
     (tmp_path / "extra.json").write_text('{"name": "p", "blocks": {"b": "w8"}, "bits": 3}')
     with pytest.raises(ConfigError, match="unknown plan key"):
         PrecisionPlan.load(tmp_path / "extra.json")
