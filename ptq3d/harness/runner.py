@@ -284,6 +284,7 @@ class _Cell:
                 dict(spec.method.config),
                 spec.options.scope,
                 progress=self.progress,
+                # only when there is a plan: components written before plans existed keep working without one
                 **({"plan": spec.method.plan} if spec.method.plan is not None else {}),
             )
         if calibration is None:
