@@ -98,6 +98,8 @@ class QuantContext:
     def scheme_for(self, site: str) -> Scheme:
         """The plain Scheme of linear `site` (full name): the run's scheme with its mixed-precision plan applied
         (the scheme itself when it has no plan)."""
+        if self.scheme.plan is None:
+            return self.scheme
         block = self.site_block.get(site)
         if block is None:
             block = next(
